@@ -1,0 +1,85 @@
+"""`clipwidgets ...` command line: parse arguments, call the library, print the result.
+
+Each subcommand has one `_run_<name>(args)` function; heavy imports happen inside it so that
+`clipwidgets --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import ClipWidgetsError
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _load_encoder(args: argparse.Namespace, store_meta: dict[str, Any] | None = None):
+    """The model named on the command line, else the one recorded in the store, else the default."""
+    from .model import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_model
+
+    name = getattr(args, "model", None)
+    pretrained = getattr(args, "pretrained", None)
+    if name is None and store_meta is not None:
+        name, pretrained = store_meta["name"], pretrained or store_meta["pretrained"]
+    name = name or DEFAULT_MODEL
+    if pretrained is None:
+        pretrained = DEFAULT_PRETRAINED
+    return load_model(name, pretrained, precision=getattr(args, "precision", "auto") or "auto")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="open_clip model name, or 'tiny' (default: the store's "
+                        "model, else ViT-B-32-quickgelu)")
+    parser.add_argument("--pretrained", help="pretrained tag or checkpoint file (default: openai)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="clipwidgets",
+                                     description="Semantic image search with CLIP.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="describe a store")
+    info.add_argument("--store", required=True)
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(run=_run_info)
+
+    return parser
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from .store import EmbeddingStore
+
+    with EmbeddingStore.open(args.store) as store:
+        summary = store.info()
+    if args.json:
+        _print_json(summary)
+    else:
+        for key, value in summary.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `clipwidgets` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except ClipWidgetsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Interrupted. Everything committed before the interrupt is kept; "
+              "run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Model loading: the tiny model, encode contracts, the text cut, offline errors, device logic."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from clipwidgets.errors import InvalidInputError, ModelLoadError
+from clipwidgets.model import (
+    _encode_tokens_cut,
+    _reachable,
+    load_model,
+    resolve_device,
+    resolve_precision,
+)
+from clipwidgets.synthetic import make_photo
+
+
+def test_tiny_model_metadata(tiny_encoder):
+    meta = tiny_encoder.meta
+    assert meta["name"] == "tiny"
+    assert meta["pretrained"] == "random-seed-0"
+    assert meta["embed_dim"] == tiny_encoder.dim == 64
+    assert meta["preprocess"]["image_size"] == [32, 32]
+    assert len(meta["preprocess"]["mean"]) == 3
+
+
+def test_encode_images_shape_normalised_and_deterministic(tiny_encoder):
+    images = [make_photo(i, (120, 90)) for i in range(5)]
+    first = tiny_encoder.encode_images(images)
+    assert first.shape == (5, 64) and first.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    again = load_model("tiny").encode_images(images)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first[0], first[1])
+
+
+def test_encode_texts_shape_and_empty(tiny_encoder):
+    texts = tiny_encoder.encode_texts(["a dog", "a cat on a mat"])
+    assert texts.shape == (2, 64)
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
+    assert tiny_encoder.encode_texts([]).shape == (0, 64)
+    assert tiny_encoder.encode_images([]).shape == (0, 64)
+    with pytest.raises(InvalidInputError, match="list of strings"):
+        tiny_encoder.encode_texts("a dog")
+
+
+def test_text_cut_equals_open_clip_encode_text(tiny_encoder):
+    texts = ["a dog", "a dog playing in the park with a red ball near the river", "x", ""]
+    tokens = tiny_encoder.tokenizer(texts)
+    with torch.no_grad():
+        reference = tiny_encoder.model.encode_text(tokens, normalize=True).numpy()
+        cut = _encode_tokens_cut(tiny_encoder.model, tokens)
+    assert cut.shape[1] == 64
+    np.testing.assert_allclose(tiny_encoder.encode_texts(texts), reference, atol=1e-5)
+
+
+def test_text_cut_handles_full_length_text(tiny_encoder):
+    long_text = " ".join(["word"] * 200)  # truncated by the tokenizer to 77 tokens
+    tokens = tiny_encoder.tokenizer([long_text])
+    with torch.no_grad():
+        reference = tiny_encoder.model.encode_text(tokens, normalize=True).numpy()
+    np.testing.assert_allclose(tiny_encoder.encode_texts([long_text]), reference, atol=1e-5)
+
+
+def test_bf16_encoder_agrees_with_fp32(tiny_encoder):
+    bf16 = load_model("tiny", precision="bf16")
+    assert bf16.precision == "bf16" and bf16.dtype == torch.bfloat16
+    images = [make_photo(i, (64, 64)) for i in range(3)]
+    a, b = tiny_encoder.encode_images(images), bf16.encode_images(images)
+    assert b.dtype == np.float32
+    assert float(np.mean(np.sum(a * b, axis=1))) > 0.95
+
+
+def test_unknown_model_names_the_fix():
+    with pytest.raises(ModelLoadError, match="Unknown model 'no-such-model'.*tiny"):
+        load_model("no-such-model")
+
+
+def test_unknown_pretrained_tag_lists_known_tags():
+    with pytest.raises(ModelLoadError, match="no pretrained weights tagged 'nope'.*openai"):
+        load_model("ViT-B-32-quickgelu", "nope")
+
+
+def test_missing_checkpoint_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model("ViT-B-32-quickgelu", str(tmp_path / "missing.pt"))
+
+
+def test_checkpoint_for_real_architecture_is_loaded(tmp_path):
+    import open_clip
+
+    model = open_clip.create_model("RN50-quickgelu", pretrained=None)
+    checkpoint = tmp_path / "rn50.pt"
+    torch.save(model.state_dict(), checkpoint)
+    encoder = load_model("RN50-quickgelu", str(checkpoint))
+    assert encoder.meta["pretrained"].startswith("checkpoint:rn50.pt:")
+    expected = model.state_dict()
+    for name, tensor in encoder.model.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name])
+
+
+def test_wrong_checkpoint_for_architecture(tmp_path):
+    checkpoint = tmp_path / "garbage.pt"
+    torch.save({"not": torch.zeros(1)}, checkpoint)
+    with pytest.raises(ModelLoadError, match="Could not load weights"):
+        load_model("RN50-quickgelu", str(checkpoint))
+
+
+def test_offline_error_is_fast_and_actionable(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(cache_dir=tmp_path)
+    message = str(caught.value)
+    assert "not cached" in message and str(tmp_path) in message
+    assert "checkpoint" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_unreachable_hub_error_without_offline_flag(tmp_path):
+    """A fresh interpreter with no offline flag and a hub on a closed local port fails quickly."""
+    code = (
+        "from clipwidgets.model import load_model\n"
+        "from clipwidgets.errors import ModelLoadError\n"
+        "try:\n"
+        f"    load_model(cache_dir={str(tmp_path)!r})\n"
+        "except ModelLoadError as error:\n"
+        "    print('ERROR:', error)\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HF_ENDPOINT": "http://127.0.0.1:9", "HOME": str(tmp_path)}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert "ERROR:" in result.stdout, result.stderr
+    assert "cannot be reached" in result.stdout and "127.0.0.1:9" in result.stdout
+    # The probe has its own 5 s timeout; record how long the whole failure took for the reader.
+    print(f"offline failure after {time.monotonic() - started:.1f} s including interpreter start")
+
+
+def test_reachable_probe():
+    assert _reachable("http://127.0.0.1:9", timeout=1.0) is False
+
+
+def test_device_and_precision_resolution():
+    assert resolve_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") in ("cpu", "mps")
+        with pytest.raises(InvalidInputError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(InvalidInputError, match="Unknown device"):
+        resolve_device("tpu")
+    assert resolve_precision("auto", "cuda") == "fp16"
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(InvalidInputError, match="Unknown precision"):
+        resolve_precision("int4", "cpu")
