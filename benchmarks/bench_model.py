@@ -1,0 +1,67 @@
+"""Model only: ViT-B/32 (random weights, same compute) images/s at fp32 and bf16 (and fp16 on CUDA).
+
+Input is an already preprocessed batch, so this is the ceiling the indexing pipeline is compared with.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR, print_table, random_vit_b32, timeit, write_json
+
+
+def images_per_second(encoder, *, batch_size: int, repeats: int) -> float:
+    """Images/s of `encoder.encode_pixels` on one random preprocessed batch, after one warm-up call."""
+    import torch
+
+    height, width = encoder.meta["preprocess"]["image_size"]
+    pixels = torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
+    seconds = timeit(lambda: encoder.encode_pixels(pixels), repeats=repeats, warmup=1)
+    return batch_size / seconds
+
+
+def precisions() -> list[tuple[str, str]]:
+    """(device, precision) pairs to measure here: fp32 and bf16 on CPU, plus fp16 on CUDA."""
+    import torch
+
+    pairs = [("cpu", "fp32"), ("cpu", "bf16")]
+    if torch.cuda.is_available():
+        pairs += [("cuda", "fp32"), ("cuda", "bf16"), ("cuda", "fp16")]
+    return pairs
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Measure images/s per (device, precision); quick: batch 8, 2 repeats instead of batch 32, 3."""
+    batch_size, repeats = (8, 2) if quick else (32, 3)
+    figures: dict[str, Any] = {"model": "ViT-B-32-quickgelu (random weights)", "batch_size": batch_size}
+    rows = []
+    for device, precision in precisions():
+        encoder = random_vit_b32(precision, device=device)
+        if device == "cuda":
+            repeats_here = repeats * 5
+            batch = batch_size * 8
+        else:
+            repeats_here, batch = repeats, batch_size
+        rate = images_per_second(encoder, batch_size=batch, repeats=repeats_here)
+        key = precision if device == "cpu" else f"{device}_{precision}"
+        figures[f"{key}_images_per_s"] = rate
+        rows.append([device, precision, batch, rate])
+        del encoder
+    if "bf16_images_per_s" in figures:
+        figures["bf16_vs_fp32_speedup"] = figures["bf16_images_per_s"] / figures["fp32_images_per_s"]
+    print_table("Model only (encode_pixels on a preprocessed batch)", rows,
+                ["device", "precision", "batch", "images/s"])
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    path = write_json(RESULTS_DIR / "model.json", run(args.quick))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Shared helpers for the benchmarks: machine description, timing, memory, JSON and tables."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).parent / "results"
+VIT_B32 = "ViT-B-32-quickgelu"
+
+
+def machine_info() -> dict[str, Any]:
+    """What ran the benchmark: CPU, cores, RAM, accelerator, library versions, bf16 support."""
+    import numpy as np
+    import open_clip
+    import PIL
+    import psutil
+    import torch
+
+    info: dict[str, Any] = {
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_model(),
+        "cores_logical": os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "open_clip": open_clip.__version__,
+        "pillow": PIL.__version__,
+        "cpu_bf16": cpu_supports_bf16(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    for name in ("h5py", "faiss", "clipwidgets"):
+        try:
+            module = __import__(name)
+            info[name] = getattr(module, "__version__", "installed")
+        except ImportError:
+            info[name] = None
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bfloat16 instructions (AVX512-BF16 or AMX), as oneDNN sees them."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def random_vit_b32(precision: str = "fp32", *, device: str = "cpu", seed: int = 0):
+    """An `Encoder` around ViT-B/32 (QuickGELU) with random weights: the released model's compute,
+    nothing downloaded. Embeddings are meaningless; speed and memory are the real model's."""
+    import open_clip
+    import torch
+
+    from clipwidgets.model import _DTYPES, Encoder, _embed_dim, _preprocess_meta
+
+    logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: on purpose
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                VIT_B32, pretrained=None, device=device)
+    finally:
+        logging.disable(logging.NOTSET)
+    model = model.to(dtype=_DTYPES[precision])
+    meta = {
+        "name": VIT_B32,
+        "pretrained": f"random-seed-{seed}",
+        "embed_dim": _embed_dim(model),
+        "preprocess": _preprocess_meta(model),
+        "open_clip_version": open_clip.__version__,
+    }
+    return Encoder(model, preprocess, open_clip.get_tokenizer(VIT_B32),
+                   device=device, precision=precision, meta=meta)
+
+
+def benchmark_encoder(precision: str, *, quick: bool):
+    """The encoder a benchmark measures: random ViT-B/32, or the offline `tiny` model in quick mode."""
+    if quick:
+        from clipwidgets.model import load_model
+
+        return load_model("tiny", device="cpu", precision=precision)
+    return random_vit_b32(precision)
+
+
+def timeit(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> float:
+    """Median seconds per call of `fn` after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (ru_maxrss)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now, in MB."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+class TreeMemorySampler:
+    """Samples the summed RSS of a process and all its descendants; `peak_mb` after the block.
+
+    Summing RSS counts pages shared between a parent and its forked workers more than once, so
+    this is an upper bound of the memory a process tree needs.
+    """
+
+    def __init__(self, pid: int | None = None, *, interval_s: float = 0.05) -> None:
+        self.pid = os.getpid() if pid is None else pid
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_loop, daemon=True)
+
+    def __enter__(self) -> TreeMemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _sample_loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval_s)
+
+    def _sample(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        total = 0
+        for process in processes:
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        self.peak_mb = max(self.peak_mb, total / 2**20)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays and paths inside `value` into plain JSON types."""
+    if isinstance(value, dict):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy scalar or array
+        return value.tolist()
+    return value
+
+
+def write_json(path: str | Path, figures: dict[str, Any], *, machine: dict[str, Any] | None = None) -> Path:
+    """Write `{"machine": ..., "figures": ...}` as indented JSON; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    machine = machine if machine is not None else machine_info()
+    document = {"machine": machine, "figures": to_jsonable(figures)}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def fmt(value: Any) -> str:
+    """A figure as a short string: 3 significant digits for floats."""
+    if isinstance(value, float):
+        if value == 0 or 0.01 <= abs(value) < 1e6:
+            return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+        return f"{value:.2e}"
+    return "-" if value is None else str(value)
+
+
+def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """A plain-text table (also valid Markdown) of `rows` under `headers`."""
+    cells = [[fmt(cell) for cell in row] for row in rows]
+    widths = [max(len(str(header)), *(len(row[i]) for row in cells)) if cells else len(str(header))
+              for i, header in enumerate(headers)]
+    lines = ["| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def print_table(title: str, rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
+    """Print `title` and a table of `rows`."""
+    print(f"\n{title}\n{format_table(rows, headers)}", flush=True)
