@@ -194,13 +194,14 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | Path, figures: dict[str, Any], *, machine: dict[str, Any] | None = None) -> Path:
-    """Write `{"machine": ..., "figures": ...}` as indented JSON; returns the path."""
+def write_json(path: str | Path, figures: dict[str, Any], *, machine: dict[str, Any] | None = None,
+               **fields: Any) -> Path:
+    """Write `{"machine": ..., **fields, "figures": ...}` as indented JSON; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     machine = machine if machine is not None else machine_info()
-    document = {"machine": machine, "figures": to_jsonable(figures)}
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    document = {"machine": machine, **fields, "figures": figures}
+    path.write_text(json.dumps(to_jsonable(document), indent=2) + "\n")
     return path
 
 

@@ -1,0 +1,184 @@
+"""Run the benchmarks, each in its own subprocess, and print one table of targets beside figures.
+
+    python -m benchmarks.run [--quick] [--only NAME ...] [--out benchmarks/results]
+
+Writes <out>/<name>.json per benchmark, <out>/summary.json and <out>/summary.md. Timings never make
+this fail; a benchmark that raises (broken code) does, after the others have run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR, format_table, machine_info, print_table, write_json
+
+BENCHMARKS = ("model", "indexing", "search", "store", "panel", "memory")
+TIMEOUT_S = {True: 240, False: 3600}  # per benchmark, by quick
+Figures = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A claim from the issues: `figure(figures)` compared with `value` (`at_least` or at most)."""
+
+    benchmark: str
+    label: str
+    figure: Callable[[Figures], float | None]
+    value: float
+    at_least: bool
+    unit: str
+
+    def measure(self, figures: Figures) -> float | None:
+        try:
+            measured = self.figure(figures)
+        except (KeyError, TypeError, ZeroDivisionError):
+            return None
+        return None if measured is None else float(measured)
+
+
+def key(name: str) -> Callable[[Figures], float | None]:
+    return lambda figures: figures[name]
+
+
+def quotient(numerator: str, denominator: str) -> Callable[[Figures], float | None]:
+    return lambda figures: figures[numerator] / figures[denominator]
+
+
+GB = 1e9 / 2**20  # MiB in a (decimal) gigabyte
+TARGETS = (
+    Target("indexing", "end to end / model only, fp32", key("ratio_e2e_vs_model_fp32"), 0.9, True, "x"),
+    Target("indexing", "end to end / model only, bf16", key("ratio_e2e_vs_model_bf16"), 0.9, True, "x"),
+    Target("indexing", "end to end bf16", key("e2e_bf16_images_per_s"), 35, True, "images/s"),
+    Target("indexing", "end to end fp32 / naive fp32 loop", key("ratio_e2e_fp32_vs_naive"), 1.4, True, "x"),
+    Target("indexing", "end to end bf16 / naive fp32 loop", key("ratio_e2e_bf16_vs_naive"), 2.5, True, "x"),
+    Target("indexing", "peak RSS while indexing (target is for 10k images)",
+           key("e2e_fp32_peak_rss_mb"), 2.5 * GB, False, "MiB"),
+    Target("memory", "search notebook kernel RSS, fp32", key("fp32_rss_mb"), 1.5 * GB, False, "MiB"),
+    Target("memory", "search notebook kernel RSS, bf16", key("bf16_rss_mb"), 1.5 * GB, False, "MiB"),
+)
+
+
+def run_child(name: str, quick: bool, out: Path) -> int:
+    """Inside the subprocess: import bench_<name>, run it, write <out>/<name>.json."""
+    module_name = f"benchmarks.bench_{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        write_json(out / f"{name}.json", {}, status="not available", reason=f"{module_name} does not exist")
+        print(f"{name}: not available ({module_name} does not exist)")
+        return 0
+    if not hasattr(module, "run"):
+        reason = f"{module_name} has no run(quick) function"
+        write_json(out / f"{name}.json", {}, status="not available", reason=reason)
+        print(f"{name}: not available ({reason})")
+        return 0
+    start = time.perf_counter()
+    figures = module.run(quick)
+    write_json(out / f"{name}.json", figures, status="ok", seconds=time.perf_counter() - start, quick=quick)
+    return 0
+
+
+def run_benchmark(name: str, quick: bool, out: Path) -> dict[str, Any]:
+    """Run one benchmark in a fresh interpreter; returns its JSON document plus status and seconds."""
+    command = [sys.executable, "-m", "benchmarks.run", "--child", name, "--out", str(out)]
+    command += ["--quick"] if quick else []
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    path = out / f"{name}.json"
+    path.unlink(missing_ok=True)
+    print(f"\n=== {name} ===", flush=True)
+    start = time.perf_counter()
+    try:
+        completed = subprocess.run(command, env=env, timeout=TIMEOUT_S[quick], check=False)
+        failure = None if completed.returncode == 0 else f"exit status {completed.returncode}"
+    except subprocess.TimeoutExpired:
+        failure = f"timed out after {TIMEOUT_S[quick]} s"
+    seconds = time.perf_counter() - start
+    if failure is not None or not path.exists():
+        document = {"status": "failed", "reason": failure or "no JSON written", "figures": {}}
+        path.write_text(json.dumps(document, indent=2) + "\n")
+    else:
+        document = json.loads(path.read_text())
+    document["wall_seconds"] = seconds
+    return document
+
+
+def target_rows(documents: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    """[benchmark, claim, measured, target, measured/target, met] for each target whose benchmark ran."""
+    rows = []
+    for target in TARGETS:
+        if target.benchmark not in documents:
+            continue
+        measured = target.measure(documents[target.benchmark].get("figures", {}))
+        bound = (">= " if target.at_least else "<= ") + f"{target.value:.3g} {target.unit}"
+        if measured is None:
+            rows.append([target.benchmark, target.label, "not measured", bound, None, "-"])
+            continue
+        met = measured >= target.value if target.at_least else measured <= target.value
+        rows.append([target.benchmark, target.label, f"{measured:.3g} {target.unit}", bound,
+                     measured / target.value, "yes" if met else "no"])
+    return rows
+
+
+def status_rows(documents: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    return [[name, doc.get("status"), doc.get("wall_seconds"), doc.get("reason", "")]
+            for name, doc in documents.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, under 5 minutes on 2 cores")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
+                        help=f"run only these ({', '.join(BENCHMARKS)})")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON results")
+    parser.add_argument("--child", choices=BENCHMARKS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.child:
+        try:
+            return run_child(args.child, args.quick, args.out)
+        except Exception:
+            traceback.print_exc()
+            return 1
+
+    command = "python -m benchmarks.run" + (" --quick" if args.quick else "") + \
+        (f" --only {' '.join(args.only)}" if args.only else "")
+    started = time.perf_counter()
+    documents = {name: run_benchmark(name, args.quick, args.out) for name in args.only or BENCHMARKS}
+    targets = target_rows(documents)
+    statuses = status_rows(documents)
+    target_headers = ["benchmark", "claim", "measured", "target", "measured/target", "met"]
+    status_headers = ["benchmark", "status", "seconds", "note"]
+    print_table("Benchmarks", statuses, status_headers)
+    print_table("Targets (informational: timings never fail the run)", targets, target_headers)
+    machine = machine_info()
+    summary = {"command": command, "quick": args.quick, "seconds": time.perf_counter() - started,
+               "benchmarks": {name: {key: doc.get(key) for key in ("status", "reason", "wall_seconds")}
+                              for name, doc in documents.items()},
+               "targets": [dict(zip(target_headers, row, strict=True)) for row in targets]}
+    write_json(args.out / "summary.json", summary, machine=machine)
+    (args.out / "summary.md").write_text(
+        f"Command: `{command}`  \nMachine: {machine['cpu']}, {machine['cores_available']} cores, "
+        f"{machine['ram_gb']} GB RAM, torch {machine['torch']}, {machine['date_utc']}\n\n"
+        f"{format_table(targets, target_headers)}\n\n{format_table(statuses, status_headers)}\n")
+    print(f"\nwrote {args.out}/summary.json and summary.md")
+    failed = [name for name, doc in documents.items() if doc.get("status") == "failed"]
+    if failed:
+        print(f"failed: {', '.join(failed)} (see the traceback above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
