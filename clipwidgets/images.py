@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import stat
 import warnings
 from collections.abc import Iterator, Sequence
@@ -260,13 +261,9 @@ def load_model_input(path: str | os.PathLike[str],
     return np.asarray(image), full_size
 
 
-def load_model_inputs(paths: Sequence[str], spec: ModelInputSpec,
-                      max_image_pixels: int | None) -> list[tuple[np.ndarray, tuple[int, int]] | str]:
-    """`load_model_input` for each path; a failure becomes its reason string. Runs in worker processes.
-
-    `max_image_pixels` is the caller's Pillow limit, so that workers enforce the same one.
-    """
-    Image.MAX_IMAGE_PIXELS = max_image_pixels
+def load_model_inputs(paths: Sequence[str],
+                      spec: ModelInputSpec) -> list[tuple[np.ndarray, tuple[int, int]] | str]:
+    """`load_model_input` for each path; a failure becomes its reason string. Runs in worker processes."""
     results: list[tuple[np.ndarray, tuple[int, int]] | str] = []
     for path in paths:
         try:
@@ -274,3 +271,9 @@ def load_model_inputs(paths: Sequence[str], spec: ModelInputSpec,
         except ImageDecodeError as error:
             results.append(str(error))
     return results
+
+
+def init_decode_worker(max_image_pixels: int | None) -> None:
+    """Set up a decoding worker process: the parent's Pillow limit, and Ctrl-C left to the parent."""
+    Image.MAX_IMAGE_PIXELS = max_image_pixels
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -233,7 +233,7 @@ def test_worker_preprocessing_matches_open_clip(tmp_path, tiny_encoder, size):
     for meta, transform in configs:
         spec = ModelInputSpec.from_meta(meta)
         assert spec.supported
-        [(pixels, full_size)] = load_model_inputs([str(path)], spec, Image.MAX_IMAGE_PIXELS)
+        [(pixels, full_size)] = load_model_inputs([str(path)], spec)
         assert full_size == size
         assert pixels.shape == (*spec.image_size, 3) and pixels.dtype == np.uint8
         expected = transform(Image.open(path))
@@ -242,18 +242,21 @@ def test_worker_preprocessing_matches_open_clip(tmp_path, tiny_encoder, size):
         assert float(difference.mean()) < 1e-3
 
 
-def test_load_model_inputs_reports_reasons_and_uses_the_given_limit(tmp_path):
+def test_load_model_inputs_reports_reasons(tmp_path):
     good = tmp_path / "good.jpg"
     good.write_bytes(_jpeg_bytes(make_photo(5, (64, 48))))
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     spec = ModelInputSpec((32, 32))
-    results = load_model_inputs([str(good), str(empty)], spec, Image.MAX_IMAGE_PIXELS)
+    results = load_model_inputs([str(good), str(empty)], spec)
     assert results[0][0].shape == (32, 32, 3) and results[0][1] == (64, 48)
     assert results[1] == "empty file (0 bytes)"
-    limit = Image.MAX_IMAGE_PIXELS
-    try:
-        [reason] = load_model_inputs([str(good)], spec, 1000)
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
-    assert reason == "decompression bomb: 3,072 pixels exceeds Pillow's limit of 1,000"
+
+
+def test_a_lower_pixel_limit_is_enforced(tmp_path, monkeypatch):
+    good = tmp_path / "good.jpg"
+    good.write_bytes(_jpeg_bytes(make_photo(5, (64, 48))))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageDecodeError) as raised:
+        load_image(good)
+    assert str(raised.value) == "decompression bomb: 3,072 pixels exceeds Pillow's limit of 1,000"
