@@ -1,0 +1,487 @@
+"""Flickr8k: download, verify, extract and parse the reference collection, and index it with captions.
+
+Layout after `download_flickr8k("Data")` (the same one `make_flickr8k_like` writes):
+
+    Data/Images/<8,091 JPEGs>          from Flickr8k_Dataset.zip (its folder is spelled Flicker8k_Dataset/)
+    Data/Flickr8k.token.txt            <image>.jpg#<0-4><TAB><caption>, 5 captions per image
+    Data/Flickr_8k.{train,dev,test}Images.txt, ExpertAnnotations.txt, CrowdFlowerAnnotations.txt, ...
+    Data/.flickr8k.json                the manifest: sha256 of the archives, size of every extracted file
+
+The real archives' checksums are not published, so integrity is checked by the announced size, the
+zip's own CRCs and the expected image count; the sha256 of what was downloaded is recorded in the
+manifest (trust on first use) and later downloads must match it, as must any `checksums` passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..errors import DatasetError
+from .download import DownloadError, check_free_space, download_file, sha256_of
+
+BASE_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k"
+URL_ENV = "CLIPWIDGETS_FLICKR8K_URL"
+IMAGES_ARCHIVE = "Flickr8k_Dataset.zip"
+TEXT_ARCHIVE = "Flickr8k_text.zip"
+ARCHIVES = (IMAGES_ARCHIVE, TEXT_ARCHIVE)
+IMAGE_COUNT = 8091
+IMAGE_FOLDERS = ("Flicker8k_Dataset", "Flickr8k_Dataset")
+TOKEN_FILE = "Flickr8k.token.txt"
+SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt",
+               "test": "Flickr_8k.testImages.txt"}
+EXPERT_FILE = "ExpertAnnotations.txt"
+CROWDFLOWER_FILE = "CrowdFlowerAnnotations.txt"
+MANIFEST_FILE = ".flickr8k.json"
+SOURCE_PREFIX = "flickr8k#"
+EXTRACTED_PER_ARCHIVE_BYTE = 1.2  # room the extracted files need per archive byte (JPEGs barely compress)
+_MANIFEST_VERSION = 1
+
+
+class Flickr8kWarning(UserWarning):
+    """Lines of a Flickr8k file that were skipped (the message lists them with their line numbers)."""
+
+
+@dataclass(frozen=True)
+class Flickr8kPaths:
+    """Where each Flickr8k file lives inside a data folder."""
+
+    data_dir: Path
+
+    @property
+    def images(self) -> Path:
+        return self.data_dir / "Images"
+
+    @property
+    def token(self) -> Path:
+        return self.data_dir / TOKEN_FILE
+
+    @property
+    def splits(self) -> dict[str, Path]:
+        return {name: self.data_dir / file for name, file in SPLIT_FILES.items()}
+
+    @property
+    def expert(self) -> Path:
+        return self.data_dir / EXPERT_FILE
+
+    @property
+    def crowdflower(self) -> Path:
+        return self.data_dir / CROWDFLOWER_FILE
+
+    @property
+    def manifest(self) -> Path:
+        return self.data_dir / MANIFEST_FILE
+
+
+def flickr8k_paths(data_dir: str | os.PathLike[str] = "Data") -> Flickr8kPaths:
+    """The file locations inside `data_dir`."""
+    return Flickr8kPaths(Path(data_dir))
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class ExpertAnnotation:
+    """One row of ExpertAnnotations.txt: three expert scores (1-4) of a caption for an image."""
+
+    image: str
+    caption_id: str
+    scores: tuple[int, int, int]
+
+    @property
+    def mean_score(self) -> float:
+        return sum(self.scores) / 3.0
+
+
+@dataclass(frozen=True)
+class CrowdFlowerAnnotation:
+    """One row of CrowdFlowerAnnotations.txt: yes/no votes on whether a caption describes an image."""
+
+    image: str
+    caption_id: str
+    percent_yes: float
+    yes: int
+    no: int
+
+
+def split_caption_id(caption_id: str) -> tuple[str, int]:
+    """`"x.jpg#3"` -> `("x.jpg", 3)`; ValueError when it is not `<name>#<number>`."""
+    image, sep, number = caption_id.rpartition("#")
+    if not sep or not image or not number.isdigit():
+        raise ValueError(f"{caption_id!r} is not <image>#<caption number>")
+    return image, int(number)
+
+
+def load_captions(token_file: str | os.PathLike[str], *,
+                  issues: list[str] | None = None) -> dict[str, list[str]]:
+    """Image file name -> its captions in caption-number order, from Flickr8k.token.txt.
+
+    Groups whose name is not a .jpg file (the real file has `2258277193_586949ec62.jpg.1`) and lines
+    that do not parse are dropped and reported with their line numbers: appended to `issues` when
+    a list is given, otherwise as one Flickr8kWarning.
+    """
+    numbered = parse_token_file(token_file, issues=issues)
+    return {image: [caption for _, caption in sorted(group.items())] for image, group in numbered.items()}
+
+
+def parse_token_file(token_file: str | os.PathLike[str], *,
+                     issues: list[str] | None = None) -> dict[str, dict[int, str]]:
+    """Like `load_captions`, keeping each caption's number: image -> {caption number: caption}."""
+    path = Path(token_file)
+    found: list[str] = []
+    groups: dict[str, dict[int, str]] = {}
+    not_images: dict[str, list[int]] = {}
+    lines = 0
+    for number, line in _lines(path):
+        lines += 1
+        key, tab, caption = line.partition("\t")
+        try:
+            image, index = split_caption_id(key.strip())
+        except ValueError:
+            found.append(f"line {number}: expected <image>.jpg#<n><TAB><caption>, got {line[:60]!r}")
+            continue
+        caption = caption.strip()
+        if not tab or not caption:
+            found.append(f"line {number}: {key.strip()} has no caption after a tab")
+        elif not image.lower().endswith(".jpg"):
+            not_images.setdefault(image, []).append(number)
+        elif index in groups.setdefault(image, {}):
+            found.append(f"line {number}: {image}#{index} appears twice; the first one is kept")
+        else:
+            groups[image][index] = caption
+    for image, numbers in not_images.items():
+        found.append(f"lines {numbers[0]}-{numbers[-1]}: the group {image!r} names no image "
+                     f"(not a .jpg file name); its {len(numbers)} captions were dropped")
+    if lines and not groups:
+        raise DatasetError(f"{path} has no line of the form <image>.jpg#<n><TAB><caption>; it is not a "
+                           "Flickr8k token file. Run `clipwidgets flickr8k download` to fetch the real one.")
+    _report(path, found, issues)
+    return groups
+
+
+def load_split(split_file: str | os.PathLike[str], *, issues: list[str] | None = None) -> list[str]:
+    """Image file names listed in a split file (Flickr_8k.testImages.txt...), in file order."""
+    path = Path(split_file)
+    found: list[str] = []
+    names: list[str] = []
+    seen: set[str] = set()
+    for number, line in _lines(path):
+        name = line.strip()
+        if not name.lower().endswith(".jpg") or any(c in name for c in "\t#/\\"):
+            found.append(f"line {number}: {name[:60]!r} is not an image file name")
+        elif name in seen:
+            found.append(f"line {number}: {name} is listed twice")
+        else:
+            seen.add(name)
+            names.append(name)
+    _report(path, found, issues)
+    return names
+
+
+def load_expert_annotations(path: str | os.PathLike[str], *,
+                            issues: list[str] | None = None) -> list[ExpertAnnotation]:
+    """Rows of ExpertAnnotations.txt: image, caption id (`<image>.jpg#<n>`), three scores 1-4."""
+    path = Path(path)
+    found: list[str] = []
+    rows = []
+    for number, line in _lines(path):
+        fields = line.split("\t")
+        try:
+            if len(fields) != 5:
+                raise ValueError(f"expected 5 tab-separated fields, got {len(fields)}")
+            split_caption_id(fields[1])
+            scores = tuple(int(value) for value in fields[2:])
+            if not all(1 <= score <= 4 for score in scores):
+                raise ValueError(f"scores {scores} are not all within 1-4")
+        except ValueError as error:
+            found.append(f"line {number}: {error}")
+            continue
+        rows.append(ExpertAnnotation(fields[0].strip(), fields[1].strip(), scores))  # type: ignore[arg-type]
+    _report(path, found, issues)
+    return rows
+
+
+def load_crowdflower_annotations(path: str | os.PathLike[str], *,
+                                 issues: list[str] | None = None) -> list[CrowdFlowerAnnotation]:
+    """Rows of CrowdFlowerAnnotations.txt: image, caption id, percent yes, yes count, no count."""
+    path = Path(path)
+    found: list[str] = []
+    rows = []
+    for number, line in _lines(path):
+        fields = line.split("\t")
+        try:
+            if len(fields) != 5:
+                raise ValueError(f"expected 5 tab-separated fields, got {len(fields)}")
+            split_caption_id(fields[1])
+            percent, yes, no = float(fields[2]), int(fields[3]), int(fields[4])
+            if yes < 0 or no < 0 or not 0.0 <= percent <= 1.0:
+                raise ValueError(f"votes ({percent}, {yes}, {no}) are out of range")
+        except ValueError as error:
+            found.append(f"line {number}: {error}")
+            continue
+        rows.append(CrowdFlowerAnnotation(fields[0].strip(), fields[1].strip(), percent, yes, no))
+    _report(path, found, issues)
+    return rows
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) for each non-blank line; CRLF and a UTF-8 BOM are tolerated."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError as error:
+        raise DatasetError(f"{path} does not exist. Run `clipwidgets flickr8k download --data-dir "
+                           f"{path.parent}` first, or point --data-dir at the folder that holds it."
+                           ) from error
+    for number, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
+        if line.strip():
+            yield number, line.rstrip("\r\n")
+
+
+def _report(path: Path, found: list[str], issues: list[str] | None) -> None:
+    if issues is not None:
+        issues.extend(f"{path.name} {message}" for message in found)
+    elif found:
+        more = f" (and {len(found) - 5} more)" if len(found) > 5 else ""
+        warnings.warn(Flickr8kWarning(f"{path.name}: skipped {len(found)} entr"
+                                      f"{'y' if len(found) == 1 else 'ies'}: {'; '.join(found[:5])}{more}"),
+                      stacklevel=3)
+
+
+# ---------------------------------------------------------------------------- download and extraction
+
+
+def archive_urls(base_url: str | None = None) -> dict[str, str]:
+    """Archive name -> URL; the base is `base_url`, else $CLIPWIDGETS_FLICKR8K_URL, else GitHub."""
+    base = (base_url or os.environ.get(URL_ENV) or BASE_URL).rstrip("/")
+    return {name: f"{base}/{name}" for name in ARCHIVES}
+
+
+def download_flickr8k(data_dir: str | os.PathLike[str] = "Data", *, base_url: str | None = None,
+                      from_dir: str | os.PathLike[str] | None = None,
+                      checksums: Mapping[str, str] | None = None, expected_images: int | None = IMAGE_COUNT,
+                      keep_archives: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Download (or take from `from_dir`), verify and extract Flickr8k into `data_dir`.
+
+    Does nothing when the manifest says everything is present and the files still match it.
+    `checksums` maps archive names to expected sha256 values; without them, the values recorded by
+    an earlier download are enforced. Downloaded archives are deleted after extraction unless
+    `keep_archives`; archives in `from_dir` are never touched. Returns a summary dictionary.
+    """
+    paths = flickr8k_paths(data_dir)
+    manifest = _read_manifest(paths)
+    if manifest is not None:
+        problems = _manifest_problems(paths, manifest)
+        if not problems:
+            return _summary(paths, manifest, "present")
+    urls = archive_urls(base_url)
+    recorded = (manifest or {}).get("archives", {})
+    expected = {name: (checksums or {}).get(name) or recorded.get(name, {}).get("sha256")
+                for name in ARCHIVES}
+    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    archives: dict[str, Path] = {}
+    digests: dict[str, str] = {}
+    for name in ARCHIVES:
+        if from_dir is not None:
+            archives[name], digests[name] = _local_archive(Path(from_dir) / name, expected[name],
+                                                           paths.data_dir)
+        else:
+            archives[name] = paths.data_dir / name
+            digests[name] = _fetch_archive(urls, name, archives[name], expected[name], progress=progress)
+    _check_zip(archives[IMAGES_ARCHIVE], downloaded=from_dir is None)
+    _check_zip(archives[TEXT_ARCHIVE], downloaded=from_dir is None)
+    _extract_images(archives[IMAGES_ARCHIVE], paths.images, progress=progress)
+    extracted_texts = _extract_texts(archives[TEXT_ARCHIVE], paths.data_dir)
+    problems = layout_problems(paths, expected_images=expected_images)
+    if problems:
+        raise DatasetError(f"The Flickr8k extracted into {paths.data_dir} is incomplete: "
+                           f"{'; '.join(problems)}. The archives do not hold the expected files: fetch "
+                           "them again.")
+    manifest = _write_manifest(paths, extracted_texts, {
+        name: {"sha256": digests[name], "size": archives[name].stat().st_size,
+               "source": str(archives[name]) if from_dir is not None else urls[name]}
+        for name in ARCHIVES})
+    if from_dir is None and not keep_archives:
+        for archive in archives.values():
+            archive.unlink()
+    return _summary(paths, manifest, "extracted" if from_dir is not None else "downloaded")
+
+
+def layout_problems(paths: Flickr8kPaths, *, expected_images: int | None = IMAGE_COUNT) -> list[str]:
+    """What is missing from an extracted Flickr8k (empty when the token, split and image files agree)."""
+    problems = [f"{file.name} is missing" for file in (paths.token, *paths.splits.values())
+                if not file.is_file()]
+    if not paths.images.is_dir():
+        return [*problems, f"the folder {paths.images} is missing"]
+    present = {entry.name for entry in os.scandir(paths.images) if entry.name.lower().endswith(".jpg")}
+    if expected_images is not None and len(present) != expected_images:
+        problems.append(f"{paths.images} holds {len(present)} JPEGs, expected {expected_images}")
+    if paths.token.is_file():
+        missing = sorted(set(parse_token_file(paths.token, issues=[])) - present)
+        if missing:
+            problems.append(f"{len(missing)} captioned images are not in {paths.images} "
+                            f"(e.g. {', '.join(missing[:3])})")
+    return problems
+
+
+def _fetch_archive(urls: dict[str, str], name: str, destination: Path, sha256: str | None, *,
+                   progress: bool) -> str:
+    """Download one archive (an archive kept by an earlier call is reused when it matches)."""
+    if destination.is_file():
+        digest = sha256_of(destination)
+        if sha256 is None or digest == sha256.lower():
+            return digest
+        destination.unlink()
+    try:
+        return download_file(urls[name], destination, sha256=sha256,
+                             space_factor=1.0 + EXTRACTED_PER_ARCHIVE_BYTE, progress=progress)
+    except DownloadError as error:
+        listing = "\n".join(f"  {url}" for url in urls.values())
+        raise DatasetError(f"Could not download Flickr8k: {error}\nFetch the two archives by hand:\n"
+                           f"{listing}\nthen run `clipwidgets flickr8k download --data-dir "
+                           f"{destination.parent} --from-dir FOLDER_WITH_THE_ZIPS` "
+                           "(in Python: download_flickr8k(from_dir=...)). "
+                           f"A mirror can be named with ${URL_ENV}.") from error
+
+
+def _local_archive(path: Path, sha256: str | None, data_dir: Path) -> tuple[Path, str]:
+    if not path.is_file():
+        raise DatasetError(f"{path} does not exist: --from-dir must be the folder holding {IMAGES_ARCHIVE} "
+                           f"and {TEXT_ARCHIVE}.")
+    check_free_space(data_dir, int(path.stat().st_size * EXTRACTED_PER_ARCHIVE_BYTE),
+                     what=f"the files extracted from {path.name}")
+    digest = sha256_of(path)
+    if sha256 is not None and digest != sha256.lower():
+        raise DatasetError(f"Checksum mismatch for {path}: expected sha256 {sha256.lower()}, got {digest}. "
+                           "The file is left in place; fetch it again.")
+    return path, digest
+
+
+def _check_zip(archive: Path, *, downloaded: bool) -> None:
+    """Refuse archives that are not zips, fail their CRC check, or hold unsafe member names."""
+    problem = None
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            bad = zipped.testzip()
+            unsafe = [name for name in zipped.namelist() if _unsafe_member(name)]
+        if bad is not None:
+            problem = f"its member {bad!r} fails the CRC check (the file is damaged)"
+        elif unsafe:
+            problem = f"it holds members that would be written outside the data folder: {unsafe[:3]}"
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        problem = f"it is not a readable zip archive ({error})"
+    if problem is None:
+        return
+    fix = "It was deleted; run the command again to download it afresh." if downloaded else "Fetch it again."
+    if downloaded:
+        archive.unlink(missing_ok=True)
+    raise DatasetError(f"{archive} was refused: {problem}. {fix}")
+
+
+def _unsafe_member(name: str) -> bool:
+    posix = PurePosixPath(name.replace("\\", "/"))
+    return posix.is_absolute() or ".." in posix.parts or (len(name) > 1 and name[1] == ":")
+
+
+def _skipped_member(info: zipfile.ZipInfo) -> bool:
+    parts = PurePosixPath(info.filename).parts
+    return info.is_dir() or not parts or parts[0] == "__MACOSX" or parts[-1].startswith("._")
+
+
+def _extract_images(archive: Path, images_dir: Path, *, progress: bool) -> None:
+    """Write the archive's `Flicker8k_Dataset/*` files into `images_dir` (files already there are kept)."""
+    from tqdm.auto import tqdm
+
+    images_dir.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive) as zipped:
+        members = [info for info in zipped.infolist() if not _skipped_member(info)
+                   and PurePosixPath(info.filename).parts[0] in IMAGE_FOLDERS]
+        if not members:
+            raise DatasetError(f"{archive} holds no {IMAGE_FOLDERS[0]}/ folder; it is not the Flickr8k "
+                               "image archive.")
+        for info in tqdm(members, desc="extracting images", unit="file", disable=not progress, leave=False):
+            target = images_dir.joinpath(*PurePosixPath(info.filename).parts[1:])
+            if not target.is_file() or target.stat().st_size != info.file_size:
+                _extract_member(zipped, info, target)
+
+
+def _extract_texts(archive: Path, data_dir: Path) -> list[str]:
+    """Write every text file of the archive into `data_dir` (flattened); returns their names."""
+    names = []
+    with zipfile.ZipFile(archive) as zipped:
+        for info in zipped.infolist():
+            if not _skipped_member(info):
+                name = PurePosixPath(info.filename).name
+                _extract_member(zipped, info, data_dir / name)
+                names.append(name)
+    if TOKEN_FILE not in names:
+        raise DatasetError(f"{archive} holds no {TOKEN_FILE}; it is not the Flickr8k text archive.")
+    return names
+
+
+def _extract_member(zipped: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".tmp")
+    with zipped.open(info) as source, open(temporary, "wb") as sink:
+        shutil.copyfileobj(source, sink, 1 << 20)
+    temporary.replace(target)
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+
+def _read_manifest(paths: Flickr8kPaths) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads(paths.manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("version") == _MANIFEST_VERSION else None
+
+
+def _write_manifest(paths: Flickr8kPaths, texts: list[str], archives: dict[str, Any]) -> dict[str, Any]:
+    images = {entry.name: entry.stat().st_size for entry in os.scandir(paths.images) if entry.is_file()}
+    manifest = {
+        "version": _MANIFEST_VERSION,
+        "archives": archives,
+        "texts": {name: sha256_of(paths.data_dir / name) for name in sorted(texts)},
+        "images": dict(sorted(images.items())),
+    }
+    temporary = paths.manifest.with_name(MANIFEST_FILE + ".tmp")
+    temporary.write_text(json.dumps(manifest, indent=1))
+    temporary.replace(paths.manifest)
+    return manifest
+
+
+def _manifest_problems(paths: Flickr8kPaths, manifest: dict[str, Any]) -> list[str]:
+    """Differences between the files on disk and the manifest (sizes of images, sha256 of texts)."""
+    problems = []
+    for name, digest in manifest.get("texts", {}).items():
+        file = paths.data_dir / name
+        if not file.is_file() or sha256_of(file) != digest:
+            problems.append(f"{name} is missing or changed")
+    try:
+        sizes = {entry.name: entry.stat().st_size for entry in os.scandir(paths.images)}
+    except OSError:
+        return [*problems, f"{paths.images} is missing"]
+    changed = [name for name, size in manifest.get("images", {}).items() if sizes.get(name) != size]
+    if changed:
+        problems.append(f"{len(changed)} images are missing or changed (e.g. {changed[0]})")
+    return problems
+
+
+def _summary(paths: Flickr8kPaths, manifest: dict[str, Any], status: str) -> dict[str, Any]:
+    return {
+        "status": status,
+        "data_dir": str(paths.data_dir),
+        "images": len(manifest.get("images", {})),
+        "text_files": sorted(manifest.get("texts", {})),
+        "archives": manifest.get("archives", {}),
+        "manifest": str(paths.manifest),
+    }
