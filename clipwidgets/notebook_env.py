@@ -1,0 +1,125 @@
+"""Where the notebooks find things: repository root, data folder, store file, model, Colab or not.
+
+Paths are resolved from the repository (found from this package's location, else by walking up
+from the working directory), never from the kernel's working directory alone, so a notebook opened
+from `NoteBooks/`, from the repository root or by `pytest --nbval` sees the same files. Environment
+variables override the defaults:
+
+    CLIPWIDGETS_MODEL       open_clip model name, or "tiny", the offline test model
+                            (default ViT-B-32-quickgelu)
+    CLIPWIDGETS_PRETRAINED  pretrained tag or checkpoint file (default openai; ignored for "tiny")
+    CLIPWIDGETS_DATA        the Flickr8k folder: Images/, Flickr8k.token.txt, the split files
+                            (default <repo>/Data)
+    CLIPWIDGETS_STORE       the HDF5 store the notebooks write and read (default <repo>/store/flickr8k.h5)
+
+Relative paths in these variables are taken relative to the repository root.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .model import DEFAULT_MODEL, DEFAULT_PRETRAINED, TINY_MODEL
+
+MODEL_VAR = "CLIPWIDGETS_MODEL"
+PRETRAINED_VAR = "CLIPWIDGETS_PRETRAINED"
+DATA_VAR = "CLIPWIDGETS_DATA"
+STORE_VAR = "CLIPWIDGETS_STORE"
+DEFAULT_DATA = "Data"
+DEFAULT_STORE = "store/flickr8k.h5"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class NotebookConfig:
+    """Everything a notebook needs to know about its surroundings."""
+
+    repo_root: Path
+    data_dir: Path
+    store_path: Path
+    model: str
+    pretrained: str | None
+    colab: bool
+
+    @property
+    def images_dir(self) -> Path:
+        """The folder of images to index (`<data_dir>/Images`, the Flickr8k layout)."""
+        return self.data_dir / "Images"
+
+    @property
+    def tiny(self) -> bool:
+        """True for the offline test model, whose results carry no meaning."""
+        return self.model == TINY_MODEL
+
+    def describe(self) -> str:
+        """One line per setting, with paths shown relative to the repository root when inside it."""
+        weights = "random weights, offline test model" if self.tiny else self.pretrained
+        return "\n".join([
+            f"model:  {self.model} ({weights})",
+            f"data:   {self._shown(self.data_dir)}",
+            f"store:  {self._shown(self.store_path)}",
+            f"colab:  {self.colab}",
+        ])
+
+    def _shown(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.repo_root).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def in_colab() -> bool:
+    """True when running inside Google Colab."""
+    return "google.colab" in sys.modules
+
+
+def is_repo_root(folder: Path) -> bool:
+    """True for a clipwidgets checkout: it holds pyproject.toml, the package and NoteBooks/."""
+    return ((folder / "pyproject.toml").is_file() and (folder / "clipwidgets" / "__init__.py").is_file()
+            and (folder / "NoteBooks").is_dir())
+
+
+def find_repo_root(*, package_dir: Path = _PACKAGE_DIR, cwd: Path | None = None) -> Path:
+    """The checkout this package lives in; else the first checkout above `cwd`; else `cwd` itself.
+
+    The last case is an installed package outside a checkout (Colab, pip install from git):
+    data and store then go below the working directory.
+    """
+    if is_repo_root(package_dir.parent):
+        return package_dir.parent
+    cwd = (cwd or Path.cwd()).resolve()
+    for folder in (cwd, *cwd.parents):
+        if is_repo_root(folder):
+            return folder
+    return cwd
+
+
+def notebook_config(environ: Mapping[str, str] | None = None, *,
+                    repo_root: Path | None = None) -> NotebookConfig:
+    """Read the settings from `environ` (default `os.environ`) with the defaults described above."""
+    environ = os.environ if environ is None else environ
+    root = repo_root if repo_root is not None else find_repo_root()
+    model = _setting(environ, MODEL_VAR) or DEFAULT_MODEL
+    pretrained = None if model == TINY_MODEL else _setting(environ, PRETRAINED_VAR) or DEFAULT_PRETRAINED
+    return NotebookConfig(
+        repo_root=root,
+        data_dir=_path(root, _setting(environ, DATA_VAR) or DEFAULT_DATA),
+        store_path=_path(root, _setting(environ, STORE_VAR) or DEFAULT_STORE),
+        model=model,
+        pretrained=pretrained,
+        colab=in_colab(),
+    )
+
+
+def _setting(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+def _path(root: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else root / path
