@@ -400,7 +400,7 @@ class EmbeddingStore:
         self._require_writer()
         relpaths = self._relpaths(paths)
         count = len(relpaths)
-        rows = self._validated_embeddings(embeddings, count, relpaths, "image")
+        rows = self._validated_embeddings(embeddings, count, [f"image {p!r}" for p in relpaths], "image")
         columns = {}
         for name, values, make in (("sizes", sizes, _int64), ("mtimes_ns", mtimes_ns, _int64),
                                    ("widths", widths, _int32), ("heights", heights, _int32)):
@@ -603,13 +603,13 @@ def import_npy(store_path: str | os.PathLike[str], image_embeddings_npy: str | o
                text_embeddings_npy: str | os.PathLike[str] | None = None, texts: Sequence[str] | None = None,
                image_paths: Sequence[str] | None = None,
                text_image_paths: Sequence[str | None] | None = None,
-               text_source: str = "") -> EmbeddingStore:
+               text_sources: Sequence[str] | None = None) -> EmbeddingStore:
     """Build a new store from the seed prototype's .npy files and its image folder.
 
     Rows of `image_embeddings_npy` belong to `image_paths`, by default the prototype's listing:
     `sorted(os.listdir(images_dir))` filtered to .jpg/.jpeg/.png. Counts must match. Raw features
     are L2-normalised on import. `text_image_paths` links each text to an image (None for none).
-    Returns the new store, open for writing.
+    `text_sources` tags each text (e.g. "captions#0"). Returns the new store, open for writing.
     """
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -636,13 +636,47 @@ def import_npy(store_path: str | os.PathLike[str], image_embeddings_npy: str | o
                     -1 if p is None else store.index_of(p) for p in text_image_paths]
                 labels = [f"text {i}" for i in range(len(texts))]
                 store.add_texts(texts, _normalised(text_rows, labels, text_embeddings_npy),
-                                image_index=links, sources=[text_source] * len(texts))
+                                image_index=links, sources=text_sources)
     except BaseException:
         store.close()
         with contextlib.suppress(OSError):
             Path(store_path).unlink()
         raise
     return store
+
+
+def read_captions(path: str | os.PathLike[str]) -> tuple[list[str], list[str | None], list[str]]:
+    """(texts, image paths or None, source tags) from a captions file of the seed prototype.
+
+    Three layouts: a CSV with the header `image,caption` (Kaggle's Flickr8k captions.txt), Flickr8k's
+    token file (`name.jpg#0<TAB>caption`), or one caption per line linked to no image. Source tags are
+    `<file stem>#<caption number of that image>`, or the file stem for unlinked captions.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidInputError(f"Cannot read captions file {path}: {error}.") from error
+    csv_layout = bool(lines) and lines[0].strip().lower() == "image,caption"
+    texts, images, sources = [], [], []
+    per_image: dict[str, int] = {}
+    for number, line in enumerate(lines[1:] if csv_layout else lines, start=2 if csv_layout else 1):
+        if not line.strip():
+            continue
+        token = re.match(r"([^\t]+)#\d+\t(.*)", line)
+        if csv_layout or token:
+            image, sep, text = line.partition(",") if csv_layout else (token[1], "\t", token[2])
+            if not sep or not image:
+                raise InvalidInputError(f"{path} line {number} is not `image,caption`: {line[:80]!r}.")
+            nth = per_image[image] = per_image.get(image, -1) + 1
+            texts.append(text.strip())
+            images.append(image)
+            sources.append(f"{path.stem}#{nth}")
+        else:
+            texts.append(line.strip())
+            images.append(None)
+            sources.append(path.stem)
+    return texts, images, sources
 
 
 def scan_folder(images_dir: str | os.PathLike[str]) -> dict[str, tuple[int, int]]:

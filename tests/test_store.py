@@ -1,0 +1,492 @@
+"""EmbeddingStore: schema, round trips, diff, validation, bad files, failed commits, npy import, CLI."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from clipwidgets import store as store_module
+from clipwidgets.cli import main
+from clipwidgets.errors import InvalidInputError, ModelMismatchError, StoreError
+from clipwidgets.store import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    EmbeddingStore,
+    SkippedFile,
+    StoreDiff,
+    import_npy,
+)
+
+DIM = 16
+META = {"name": "tiny", "pretrained": "random-seed-0", "embed_dim": DIM,
+        "preprocess": {"image_size": [32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}}
+OTHER_META = {"name": "ViT-B-32-quickgelu", "pretrained": "openai", "embed_dim": 512}
+
+
+def unit_rows(count: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def add(store: EmbeddingStore, paths: list[str], seed: int = 0, *, size: int = 100) -> np.ndarray:
+    rows = unit_rows(len(paths), seed)
+    store.add_images(paths, rows, sizes=[size] * len(paths), mtimes_ns=list(range(len(paths))),
+                     widths=[640] * len(paths), heights=[480] * len(paths))
+    return rows
+
+
+@pytest.fixture
+def root(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def store(tmp_path, root):
+    with EmbeddingStore.create(tmp_path / "photos.h5", META, root) as opened:
+        yield opened
+
+
+def file_bytes(path) -> bytes:
+    return open(path, "rb").read()
+
+
+# ----- schema -----
+
+def test_schema_is_readable_with_plain_h5py(store, root):
+    add(store, ["a.jpg", "sub/b.jpg"])
+    store.add_texts(["a red car"], unit_rows(1, 7), image_index=[0], sources=["flickr8k#0"])
+    store.add_skipped([SkippedFile("bad.jpg", "truncated JPEG", 12, 34)])
+    store.set_subset("test", ["sub/b.jpg"])
+    with h5py.File(store.path, "r") as f:
+        attrs = dict(f.attrs)
+        assert attrs["format_name"] == FORMAT_NAME and attrs["format_version"] == FORMAT_VERSION
+        assert attrs["model_name"] == "tiny" and attrs["model_pretrained"] == "random-seed-0"
+        assert attrs["embed_dim"] == DIM and bool(attrs["normalized"]) is True
+        assert json.loads(attrs["model_meta"]) == META
+        assert attrs["image_root"] == str(root) and attrs["image_root_relative"] == "images"
+        assert attrs["dtype"] == "float16" and attrs["clipwidgets_version"]
+        assert attrs["created"] <= attrs["updated"]
+        expected = {
+            "images/embeddings": (np.float16, (2, DIM)), "images/size": (np.int64, (2,)),
+            "images/mtime_ns": (np.int64, (2,)), "images/width": (np.int32, (2,)),
+            "images/height": (np.int32, (2,)), "texts/embeddings": (np.float16, (1, DIM)),
+            "texts/image_index": (np.int64, (1,)), "skipped/size": (np.int64, (1,)),
+            "skipped/mtime_ns": (np.int64, (1,)),
+        }
+        for name, (dtype, shape) in expected.items():
+            assert f[name].dtype == dtype and f[name].shape == shape, name
+        for name in ("images/paths", "texts/text", "texts/source", "skipped/path", "skipped/reason",
+                     "subsets/test"):
+            assert h5py.check_string_dtype(f[name].dtype).encoding == "utf-8", name
+        datasets = []
+        f.visititems(lambda name, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None)
+        assert len(datasets) == 15 and all(d.chunks is None and d.compression is None for d in datasets)
+        assert f["images/paths"].asstr()[()].tolist() == ["a.jpg", "sub/b.jpg"]
+        assert f["texts/text"].asstr()[0] == "a red car" and f["texts/source"].asstr()[0] == "flickr8k#0"
+        assert f["skipped/reason"].asstr()[0] == "truncated JPEG"
+        assert f["subsets/test"].asstr()[()].tolist() == ["sub/b.jpg"]
+
+
+def test_float32_option_and_unknown_dtype(tmp_path, root):
+    with EmbeddingStore.create(tmp_path / "f32.h5", META, root, dtype="float32") as store:
+        rows = add(store, ["a.jpg"])
+    with h5py.File(tmp_path / "f32.h5", "r") as f:
+        assert f["images/embeddings"].dtype == np.float32
+    assert np.array_equal(EmbeddingStore.open(tmp_path / "f32.h5").image_embeddings(), rows)
+    with pytest.raises(InvalidInputError, match="bfloat16"):
+        EmbeddingStore.create(tmp_path / "x.h5", META, root, dtype="bfloat16")
+
+
+# ----- round trips -----
+
+def test_round_trip_images_texts_skipped_subsets(store, root):
+    rows = add(store, ["a.jpg", "b.jpg", "c/d.png"])
+    with store.batch():
+        store.add_texts(["cap a", "query", "cap d 1", "cap d 2"], unit_rows(4, 1),
+                        image_index=[0, -1, 2, 2], sources=["f#0", "", "f#0", "f#1"])
+        store.add_skipped([SkippedFile("bad.jpg", "cannot decode", 5, 6)])
+        store.set_subset("train", ["a.jpg", "c/d.png"])
+    reader = EmbeddingStore.open(store.path)
+    assert reader.mode == "r" and reader.format_version == FORMAT_VERSION
+    assert reader.image_paths() == ["a.jpg", "b.jpg", "c/d.png"] and len(reader) == 3
+    embeddings = reader.image_embeddings()
+    assert embeddings.dtype == np.float16 and embeddings.flags.c_contiguous
+    assert reader.image_embeddings() is embeddings
+    np.testing.assert_allclose(embeddings, rows, atol=1e-3)
+    assert reader.image_meta()["width"].tolist() == [640] * 3
+    assert reader.image_meta()["mtime_ns"].tolist() == [0, 1, 2]
+    assert reader.texts() == ["cap a", "query", "cap d 1", "cap d 2"]
+    assert reader.text_image_index().tolist() == [0, -1, 2, 2]
+    assert reader.text_sources() == ["f#0", "", "f#0", "f#1"]
+    assert reader.captions(2) == ["cap d 1", "cap d 2"] and reader.captions(1) == []
+    assert reader.skipped() == [SkippedFile("bad.jpg", "cannot decode", 5, 6)]
+    assert {k: v.tolist() for k, v in reader.subsets().items()} == {"train": [0, 2]}
+    assert reader.index_of("c/d.png") == 2 and reader.abspath(1) == root / "b.jpg"
+    assert reader.model_meta == META and reader.dim == DIM and reader.image_root == root
+    with pytest.raises(InvalidInputError, match="nope.jpg"):
+        reader.index_of("nope.jpg")
+    with pytest.raises(StoreError, match="read-only"):
+        add(reader, ["e.jpg"])
+
+
+def test_adding_an_existing_path_replaces_its_row(store):
+    add(store, ["a.jpg", "b.jpg"])
+    store.add_texts(["cap b"], unit_rows(1, 3), image_index=[1])
+    store.add_skipped([SkippedFile("c.jpg", "truncated", 1, 1)])
+    new = unit_rows(2, 9)
+    store.add_images(["b.jpg", "c.jpg"], new, sizes=[7, 8], mtimes_ns=[70, 80], widths=[1, 2], heights=[3, 4])
+    reader = EmbeddingStore.open(store.path)
+    assert reader.image_paths() == ["a.jpg", "b.jpg", "c.jpg"]
+    np.testing.assert_allclose(reader.image_embeddings()[1:], new, atol=1e-3)
+    assert reader.image_meta()["size"].tolist() == [100, 7, 8]
+    assert reader.captions(1) == ["cap b"]
+    assert reader.skipped() == []  # c.jpg is embedded now
+
+
+def test_remove_compacts_rows_and_renumbers_texts(store):
+    rows = add(store, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"])
+    store.add_texts(["a1", "b1", "c1", "free", "d1", "b2"], unit_rows(6, 1),
+                    image_index=[0, 1, 2, -1, 3, 1])
+    store.add_skipped([SkippedFile("x.jpg", "bad", 1, 1)])
+    store.set_subset("val", ["b.jpg", "d.jpg"])
+    assert store.remove(["b.jpg", "x.jpg", "not-there.jpg"]) == 1
+    reader = EmbeddingStore.open(store.path)
+    assert reader.image_paths() == ["a.jpg", "c.jpg", "d.jpg"]
+    np.testing.assert_allclose(reader.image_embeddings(), rows[[0, 2, 3]], atol=1e-3)
+    assert reader.texts() == ["a1", "c1", "free", "d1"]
+    assert reader.text_image_index().tolist() == [0, 1, -1, 2]
+    assert reader.captions(2) == ["d1"]
+    assert reader.skipped() == []
+    assert reader.subsets()["val"].tolist() == [2]
+    assert reader.info()["subsets"] == {"val": 1}
+
+
+def test_batch_commits_once_and_discards_everything_when_it_raises(store):
+    add(store, ["a.jpg"])
+    before = file_bytes(store.path)
+    with pytest.raises(RuntimeError), store.batch():
+        add(store, ["b.jpg"])
+        assert store.num_images == 2  # the writer sees its pending edits
+        raise RuntimeError("stop")
+    assert store.image_paths() == ["a.jpg"] and file_bytes(store.path) == before
+    with store.batch():
+        add(store, ["b.jpg"])
+        assert EmbeddingStore.open(store.path).num_images == 1  # not committed yet
+        add(store, ["c.jpg"], seed=1)
+    assert EmbeddingStore.open(store.path).image_paths() == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+def test_info_summary(store):
+    add(store, ["a.jpg", "b.jpg"])
+    info = store.info()
+    assert info["images"] == 2 and info["texts"] == 0 and info["skipped"] == 0
+    assert info["model"] == "tiny/random-seed-0" and info["dim"] == DIM and info["dtype"] == "float16"
+    assert info["format_name"] == FORMAT_NAME and info["format_version"] == FORMAT_VERSION
+    assert info["size_bytes"] == store.path.stat().st_size
+    json.dumps(info)
+
+
+def test_open_or_create_checks_model_and_image_root(tmp_path, root):
+    path = tmp_path / "s.h5"
+    with EmbeddingStore.open_or_create(path, META, root) as store:
+        add(store, ["a.jpg"])
+    with EmbeddingStore.open_or_create(path, META, root) as store:
+        assert store.num_images == 1
+    with pytest.raises(ModelMismatchError, match="tiny/random-seed-0.*ViT-B-32-quickgelu/openai"):
+        EmbeddingStore.open_or_create(path, OTHER_META, root)
+    other_root = tmp_path / "other"
+    other_root.mkdir()
+    with pytest.raises(StoreError, match="other"):
+        EmbeddingStore.open_or_create(path, META, other_root)
+    EmbeddingStore.open(path, "a").close()  # the refused opens released the writer lock
+
+
+def test_store_and_images_moved_together(tmp_path, root):
+    with EmbeddingStore.create(tmp_path / "s.h5", META, root) as store:
+        add(store, ["a.jpg"])
+    moved = tmp_path / "moved"
+    tmp_path.joinpath("s.h5").rename(tmp_path / "s2.h5")
+    moved.mkdir()
+    (tmp_path / "s2.h5").rename(moved / "s.h5")
+    root.rename(moved / "images")
+    assert EmbeddingStore.open(moved / "s.h5").abspath(0) == moved / "images" / "a.jpg"
+
+
+# ----- diff -----
+
+def test_diff_against_scan_and_folder(store, root):
+    store.add_images(["same.jpg", "edited.jpg", "gone.jpg"], unit_rows(3),
+                     sizes=[1, 2, 3], mtimes_ns=[10, 20, 30], widths=[1] * 3, heights=[1] * 3)
+    store.add_skipped([SkippedFile("bad.jpg", "truncated", 5, 50), SkippedFile("fixed.jpg", "x", 6, 60),
+                       SkippedFile("deleted.jpg", "x", 7, 70)])
+    scan = {"same.jpg": (1, 10), "edited.jpg": (2, 21), "new.jpg": (4, 40), "bad.jpg": (5, 50),
+            "fixed.jpg": (9, 61)}
+    assert store.diff(scan) == StoreDiff(new=["fixed.jpg", "new.jpg"], changed=["edited.jpg"],
+                                         removed=["deleted.jpg", "gone.jpg"], unchanged=["same.jpg"],
+                                         skipped_unchanged=["bad.jpg"])
+    (root / "sub").mkdir()
+    for name in ("same.jpg", "sub/pic.PNG", "notes.txt", ".hidden.jpg"):
+        (root / name).write_bytes(b"x")
+    stat = (root / "same.jpg").stat()
+    store.add_images(["same.jpg"], unit_rows(1), sizes=[stat.st_size], mtimes_ns=[stat.st_mtime_ns],
+                     widths=[1], heights=[1])
+    folder_diff = store.diff(root)
+    assert folder_diff.unchanged == ["same.jpg"] and folder_diff.new == ["sub/pic.PNG"]
+    assert folder_diff.removed == ["bad.jpg", "deleted.jpg", "edited.jpg", "fixed.jpg", "gone.jpg"]
+
+
+# ----- bad input -----
+
+def test_model_and_dimension_mismatch_name_both_models(store):
+    with pytest.raises(ModelMismatchError) as caught:
+        store.check_model(OTHER_META)
+    message = str(caught.value)
+    assert "tiny/random-seed-0 (16-d)" in message and "ViT-B-32-quickgelu/openai (512-d)" in message
+    assert "photos.h5" in message
+    with pytest.raises(ModelMismatchError, match="tiny/random-seed-0"):
+        store.check_model({**META, "pretrained": "random-seed-1"})
+    with pytest.raises(ModelMismatchError, match=r"16-d.*tiny/random-seed-0.*512-d"):
+        store.add_images(["a.jpg"], unit_rows(1, dim=512), sizes=[1], mtimes_ns=[1], widths=[1], heights=[1])
+    with pytest.raises(ModelMismatchError, match="8-d"):
+        store.add_texts(["q"], unit_rows(1, dim=8))
+    store.check_model(dict(META))
+    assert store.num_images == 0
+
+
+@pytest.mark.parametrize("bad_value, problem", [(np.nan, "NaN or inf"), (np.inf, "NaN or inf"),
+                                                (None, "norm 2")])
+def test_bad_vectors_are_refused_naming_the_row(store, bad_value, problem):
+    rows = unit_rows(3)
+    if bad_value is None:
+        rows[1] *= 2
+    else:
+        rows[1, 4] = bad_value
+    before = file_bytes(store.path)
+    with pytest.raises(InvalidInputError, match=rf"'b.jpg' \(row 1\).*{problem}"):
+        store.add_images(["a.jpg", "b.jpg", "c.jpg"], rows, sizes=[1] * 3, mtimes_ns=[1] * 3,
+                         widths=[1] * 3, heights=[1] * 3)
+    with pytest.raises(InvalidInputError, match=r"text 1 \('second'\) \(row 1\)"):
+        store.add_texts(["first", "second", "third"], rows)
+    assert store.num_images == 0 and store.num_texts == 0 and file_bytes(store.path) == before
+
+
+def test_bad_paths_are_refused_naming_the_path(store, root, tmp_path):
+    cases = [("../outside.jpg", "outside the image root"), (str(tmp_path / "elsewhere.jpg"), "outside"),
+             ("sub/../../x.jpg", "outside"), ("", "Invalid image path")]
+    for path, problem in cases:
+        with pytest.raises(InvalidInputError, match=problem) as caught:
+            add(store, [path])
+        assert path in str(caught.value)
+    with pytest.raises(InvalidInputError, match="Duplicate image path 'a.jpg'"):
+        add(store, ["a.jpg", "b.jpg", "./a.jpg"])
+    with pytest.raises(InvalidInputError, match="list of paths"):
+        add(store, "a.jpg")
+    with pytest.raises(InvalidInputError, match="3 paths but 2 sizes"):
+        store.add_images(["a", "b", "c"], unit_rows(3), sizes=[1, 2], mtimes_ns=[1] * 3, widths=[1] * 3,
+                         heights=[1] * 3)
+    add(store, [str(root / "sub" / "in.jpg"), "./x/y.jpg"])  # absolute inside the root is fine
+    assert store.image_paths() == ["sub/in.jpg", "x/y.jpg"]
+    with pytest.raises(InvalidInputError, match="links to image 5"):
+        store.add_texts(["t"], unit_rows(1), image_index=[5])
+    with pytest.raises(InvalidInputError, match="'nope.jpg' is not in store"):
+        store.set_subset("train", ["sub/in.jpg", "nope.jpg"])
+    with pytest.raises(InvalidInputError, match="no '/'"):
+        store.set_subset("a/b", ["sub/in.jpg"])
+
+
+def test_not_a_store_random_bytes_truncated_and_newer_files(tmp_path, store):
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["data"] = np.arange(3)
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    add(store, ["a.jpg", "b.jpg"])
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(file_bytes(store.path)[: store.path.stat().st_size // 2])
+    newer = tmp_path / "newer.h5"
+    newer.write_bytes(file_bytes(store.path))
+    with h5py.File(newer, "a") as f:
+        f.attrs["format_version"] = FORMAT_VERSION + 1
+    cases = [(foreign, "not a clipwidgets store"), (garbage, "not a readable HDF5 file"),
+             (truncated, "truncated, corrupt"), (newer, "format version 2, newer")]
+    for path, problem in cases:
+        before = file_bytes(path)
+        for mode in ("r", "a"):
+            with pytest.raises(StoreError, match=problem) as caught:
+                EmbeddingStore.open(path, mode)
+            assert str(path) in str(caught.value)
+        with pytest.raises(StoreError, match="already exists"):
+            EmbeddingStore.create(path, META, tmp_path)
+        assert file_bytes(path) == before
+        assert not path.with_name(path.name + ".lock").exists()
+    with pytest.raises(StoreError, match="does not exist"):
+        EmbeddingStore.open(tmp_path / "missing.h5")
+
+
+def test_damaged_store_is_refused(tmp_path, store):
+    add(store, ["a.jpg", "b.jpg"])
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(file_bytes(store.path))
+    with h5py.File(damaged, "a") as f:
+        del f["images/width"]
+        f["images/width"] = np.zeros(5, np.int32)
+    with pytest.raises(StoreError, match="damaged.h5 is damaged: image columns"):
+        EmbeddingStore.open(damaged)
+    with h5py.File(damaged, "a") as f:
+        del f["texts"]
+    with pytest.raises(StoreError, match="damaged.*KeyError"):
+        EmbeddingStore.open(damaged)
+
+
+@pytest.mark.parametrize("failure", ["write", "replace"])
+def test_failed_commit_keeps_the_previous_file(store, monkeypatch, failure):
+    add(store, ["a.jpg"])
+    before = file_bytes(store.path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if failure == "write":
+        monkeypatch.setattr(store_module, "_write", disk_full)
+    else:
+        monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(StoreError, match=r"photos.h5: the disk is full.*\(1 images\)"):
+        add(store, ["b.jpg"])
+    assert file_bytes(store.path) == before and store.image_paths() == ["a.jpg"]
+    assert [p.name for p in store.path.parent.iterdir() if ".tmp-" in p.name] == []
+    monkeypatch.undo()
+    add(store, ["c.jpg"])  # the writer is still usable after the failure
+    assert EmbeddingStore.open(store.path).image_paths() == ["a.jpg", "c.jpg"]
+
+
+def test_unwritable_location_is_refused(tmp_path, root):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError, match="a-file"):
+        EmbeddingStore.create(blocker / "s.h5", META, root)
+    assert blocker.read_text() == "not a folder"
+
+
+def test_second_writer_is_refused_while_the_first_holds_the_lock(store):
+    with pytest.raises(StoreError, match="Another process is writing to .*photos.h5"):
+        EmbeddingStore.open(store.path, "a")
+    assert EmbeddingStore.open(store.path, "r").num_images == 0  # readers are never blocked
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        add(store, ["a.jpg"])
+    EmbeddingStore.open(store.path, "a").close()
+
+
+def test_create_refuses_existing_path_and_writer_removes_stale_temp_files(store):
+    with pytest.raises(StoreError, match="already exists"):
+        EmbeddingStore.create(store.path, META, store.image_root)
+    store.close()
+    stale = store.path.with_name(f".{store.path.name}.tmp-12345-deadbeef")
+    stale.write_bytes(b"half a file")
+    unrelated = store.path.with_name(f".{store.path.name}.tmp-notours")
+    unrelated.write_bytes(b"keep")
+    EmbeddingStore.open(store.path, "r").close()
+    assert stale.exists()  # readers never delete anything
+    EmbeddingStore.open(store.path, "a").close()
+    assert not stale.exists() and unrelated.exists()
+
+
+# ----- npy import -----
+
+def seed_folder(tmp_path, count: int):
+    from clipwidgets.synthetic import make_photos
+
+    folder = tmp_path / "seed_images"
+    make_photos(folder, count, size=(80, 60))
+    (folder / "readme.txt").write_text("not an image")
+    return folder
+
+
+def test_import_npy_normalises_and_links_captions(tmp_path):
+    folder = seed_folder(tmp_path, 3)
+    raw = np.random.default_rng(0).normal(size=(3, DIM)).astype(np.float32) * 7
+    np.save(tmp_path / "image_embeddings.npy", raw)
+    np.save(tmp_path / "text_embeddings.npy", raw[[0, 2]] * 3)
+    names = sorted(p.name for p in folder.glob("*.jpg"))
+    with import_npy(tmp_path / "s.h5", tmp_path / "image_embeddings.npy", folder, model_meta=META,
+                    text_embeddings_npy=tmp_path / "text_embeddings.npy", texts=["first", "third"],
+                    text_image_paths=[names[0], names[2]]) as store:
+        pass
+    reader = EmbeddingStore.open(tmp_path / "s.h5")
+    assert reader.image_paths() == names
+    expected = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    np.testing.assert_allclose(reader.image_embeddings(), expected, atol=1e-3)
+    assert reader.captions(2) == ["third"] and reader.text_image_index().tolist() == [0, 2]
+    assert reader.image_meta()["width"].tolist() == [80] * 3
+    assert reader.image_meta()["size"].tolist() == [(folder / n).stat().st_size for n in names]
+    assert store.diff(folder).unchanged == names
+
+
+def test_import_npy_refuses_mismatched_counts(tmp_path):
+    folder = seed_folder(tmp_path, 3)
+    np.save(tmp_path / "img.npy", unit_rows(4))
+    with pytest.raises(InvalidInputError, match=r"img.npy has 4 rows but .*seed_images has 3 images"):
+        import_npy(tmp_path / "s.h5", tmp_path / "img.npy", folder, model_meta=META)
+    np.save(tmp_path / "img.npy", unit_rows(3))
+    np.save(tmp_path / "txt.npy", unit_rows(5))
+    with pytest.raises(InvalidInputError, match="txt.npy has 5 rows but 2 texts"):
+        import_npy(tmp_path / "s.h5", tmp_path / "img.npy", folder, model_meta=META,
+                   text_embeddings_npy=tmp_path / "txt.npy", texts=["a", "b"])
+    np.save(tmp_path / "wide.npy", unit_rows(3, dim=32))
+    with pytest.raises(ModelMismatchError, match="32-d"):
+        import_npy(tmp_path / "s.h5", tmp_path / "wide.npy", folder, model_meta=META)
+    assert not (tmp_path / "s.h5").exists()
+
+
+# ----- CLI -----
+
+def test_cli_info_json_and_text(store, capsys):
+    add(store, ["a.jpg"])
+    store.add_texts(["q"], unit_rows(1))
+    assert main(["info", "--store", str(store.path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["images"], info["texts"], info["skipped"]) == (1, 1, 0)
+    assert info["model"] == "tiny/random-seed-0" and info["format_version"] == FORMAT_VERSION
+    assert main(["info", "--store", str(store.path)]) == 0
+    assert "images: 1" in capsys.readouterr().out
+
+
+def test_cli_info_on_a_foreign_file(tmp_path, capsys):
+    (tmp_path / "x.h5").write_bytes(b"hello")
+    assert main(["info", "--store", str(tmp_path / "x.h5")]) == 2
+    assert "x.h5 is not a readable HDF5 file" in capsys.readouterr().err
+
+
+def test_cli_import_npy(tmp_path, tiny_encoder, capsys):
+    folder = seed_folder(tmp_path, 4)
+    names = sorted(p.name for p in folder.glob("*.jpg"))
+    np.save(tmp_path / "image_embeddings.npy", unit_rows(4, dim=tiny_encoder.dim) * 3)
+    np.save(tmp_path / "text_embeddings.npy", unit_rows(3, 1, dim=tiny_encoder.dim))
+    (tmp_path / "captions.txt").write_text(
+        f"image,caption\n{names[0]},a dog, running\n{names[0]},a brown dog\n{names[3]},a cat\n")
+    out = tmp_path / "store" / "seed.h5"
+    argv = ["import-npy", str(folder), "--embeddings", str(tmp_path / "image_embeddings.npy"),
+            "--text-embeddings", str(tmp_path / "text_embeddings.npy"),
+            "--captions", str(tmp_path / "captions.txt"), "--store", str(out), "--model", "tiny"]
+    assert main(argv) == 0
+    assert "4 images" in capsys.readouterr().out
+    reader = EmbeddingStore.open(out)
+    assert reader.model_meta == tiny_encoder.meta and reader.num_images == 4
+    assert reader.captions(0) == ["a dog, running", "a brown dog"] and reader.captions(3) == ["a cat"]
+    assert reader.text_sources() == ["captions#0", "captions#1", "captions#0"]
+    assert main(argv) == 2  # never overwrites
+    assert "already exists" in capsys.readouterr().err
+    (tmp_path / "plain.txt").write_text("one\ntwo\n")
+    argv[argv.index("--captions") + 1] = str(tmp_path / "plain.txt")
+    argv[argv.index("--store") + 1] = str(tmp_path / "other.h5")
+    assert main(argv) == 2
+    assert "3 rows but 2 texts" in capsys.readouterr().err
+    assert not (tmp_path / "other.h5").exists()
+    assert sorted(os.listdir(out.parent)) == ["seed.h5", "seed.h5.lock"]
