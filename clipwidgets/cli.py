@@ -51,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(run=_run_info)
 
+    import_npy = sub.add_parser("import-npy", help="build a store from the prototype's .npy files")
+    import_npy.add_argument("images_dir", metavar="IMAGES_DIR")
+    import_npy.add_argument("--embeddings", required=True, help="image_embeddings.npy")
+    import_npy.add_argument("--text-embeddings", help="text_embeddings.npy (needs --captions)")
+    import_npy.add_argument("--captions", help="captions file: 'image,caption' CSV, Flickr8k tokens, "
+                            "or one caption per line")
+    import_npy.add_argument("--store", required=True, help="the new store file (never overwritten)")
+    _add_model_options(import_npy)
+    import_npy.set_defaults(run=_run_import_npy)
+
     return parser
 
 
@@ -64,6 +74,24 @@ def _run_info(args: argparse.Namespace) -> int:
     else:
         for key, value in summary.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def _run_import_npy(args: argparse.Namespace) -> int:
+    from .errors import InvalidInputError
+    from .store import import_npy, read_captions
+
+    if (args.text_embeddings is None) != (args.captions is None):
+        raise InvalidInputError("--text-embeddings and --captions go together: give both or neither.")
+    texts = text_images = sources = None
+    if args.captions:
+        texts, text_images, sources = read_captions(args.captions)
+    encoder = _load_encoder(args)
+    with import_npy(args.store, args.embeddings, args.images_dir, model_meta=encoder.meta,
+                    text_embeddings_npy=args.text_embeddings, texts=texts,
+                    text_image_paths=text_images, text_sources=sources) as store:
+        print(f"Imported {store.num_images} images and {store.num_texts} texts into {store.path} "
+              f"({store.info()['model']}).")
     return 0
 
 
