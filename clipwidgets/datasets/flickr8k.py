@@ -267,13 +267,15 @@ def archive_urls(base_url: str | None = None) -> dict[str, str]:
 def download_flickr8k(data_dir: str | os.PathLike[str] = "Data", *, base_url: str | None = None,
                       from_dir: str | os.PathLike[str] | None = None,
                       checksums: Mapping[str, str] | None = None, expected_images: int | None = IMAGE_COUNT,
-                      keep_archives: bool = False, progress: bool = True) -> dict[str, Any]:
+                      keep_archives: bool = False, retries: int = 2, progress: bool = True) -> dict[str, Any]:
     """Download (or take from `from_dir`), verify and extract Flickr8k into `data_dir`.
 
     Does nothing when the manifest says everything is present and the files still match it.
     `checksums` maps archive names to expected sha256 values; without them, the values recorded by
-    an earlier download are enforced. Downloaded archives are deleted after extraction unless
-    `keep_archives`; archives in `from_dir` are never touched. Returns a summary dictionary.
+    an earlier download are enforced. `expected_images` is the number of JPEGs the image archive
+    must hold (None skips that check). An interrupted transfer is resumed up to `retries` times, and
+    on the next call. Downloaded archives are deleted after extraction unless `keep_archives`;
+    archives in `from_dir` are never touched. Returns a summary dictionary.
     """
     paths = flickr8k_paths(data_dir)
     manifest = _read_manifest(paths)
@@ -294,7 +296,8 @@ def download_flickr8k(data_dir: str | os.PathLike[str] = "Data", *, base_url: st
                                                            paths.data_dir)
         else:
             archives[name] = paths.data_dir / name
-            digests[name] = _fetch_archive(urls, name, archives[name], expected[name], progress=progress)
+            digests[name] = _fetch_archive(urls, name, archives[name], expected[name], retries=retries,
+                                           progress=progress)
     _check_zip(archives[IMAGES_ARCHIVE], downloaded=from_dir is None)
     _check_zip(archives[TEXT_ARCHIVE], downloaded=from_dir is None)
     _extract_images(archives[IMAGES_ARCHIVE], paths.images, progress=progress)
@@ -332,7 +335,7 @@ def layout_problems(paths: Flickr8kPaths, *, expected_images: int | None = IMAGE
 
 
 def _fetch_archive(urls: dict[str, str], name: str, destination: Path, sha256: str | None, *,
-                   progress: bool) -> str:
+                   retries: int, progress: bool) -> str:
     """Download one archive (an archive kept by an earlier call is reused when it matches)."""
     if destination.is_file():
         digest = sha256_of(destination)
@@ -341,7 +344,8 @@ def _fetch_archive(urls: dict[str, str], name: str, destination: Path, sha256: s
         destination.unlink()
     try:
         return download_file(urls[name], destination, sha256=sha256,
-                             space_factor=1.0 + EXTRACTED_PER_ARCHIVE_BYTE, progress=progress)
+                             space_factor=1.0 + EXTRACTED_PER_ARCHIVE_BYTE, retries=retries,
+                             progress=progress)
     except DownloadError as error:
         listing = "\n".join(f"  {url}" for url in urls.values())
         raise DatasetError(f"Could not download Flickr8k: {error}\nFetch the two archives by hand:\n"
@@ -432,6 +436,73 @@ def _extract_member(zipped: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path
     with zipped.open(info) as source, open(temporary, "wb") as sink:
         shutil.copyfileobj(source, sink, 1 << 20)
     temporary.replace(target)
+
+
+# -------------------------------------------------------------------------------------------- index
+
+
+def caption_source(number: int) -> str:
+    """The source tag of Flickr8k caption number `number` in a store (`flickr8k#<n>`)."""
+    return f"{SOURCE_PREFIX}{number}"
+
+
+def index_flickr8k(data_dir: str | os.PathLike[str], store_path: str | os.PathLike[str], encoder: Any, *,
+                   batch_size: int = 32, text_batch_size: int = 256, workers: int | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Index `data_dir`/Images and the captions of every indexed image into the store at `store_path`.
+
+    Incremental: images already embedded and captions whose (image, `flickr8k#<n>`) tag is already
+    stored are skipped. Each caption is linked to its image; the train/dev/test split files become
+    the store's subsets. Lines of the text files that do not parse are listed in "issues".
+    """
+    from tqdm.auto import tqdm
+
+    from ..indexing import index_images
+    from ..store import EmbeddingStore
+
+    paths = flickr8k_paths(data_dir)
+    if not paths.images.is_dir():
+        raise DatasetError(f"{paths.images} does not exist. Run `clipwidgets flickr8k download --data-dir "
+                           f"{paths.data_dir}` first, or point --data-dir at the folder holding Images/.")
+    issues: list[str] = []
+    captions = parse_token_file(paths.token, issues=issues)
+    splits = {name: load_split(file, issues=issues) for name, file in paths.splits.items() if file.is_file()}
+    with EmbeddingStore.open_or_create(store_path, encoder.meta, paths.images) as store:
+        report = index_images(paths.images, store, encoder, batch_size=batch_size, workers=workers,
+                              progress=progress)
+        row_of = {path: row for row, path in enumerate(store.image_paths())}
+        done = set(zip(store.text_image_index().tolist(), store.text_sources(), strict=True))
+        todo = [(row_of[image], caption_source(number), caption)
+                for image, group in captions.items() if image in row_of
+                for number, caption in sorted(group.items())
+                if (row_of[image], caption_source(number)) not in done]
+        commit_every = max(text_batch_size, 4096)
+        with tqdm(total=len(todo), desc="captions", unit="caption", disable=not progress, leave=False) as bar:
+            for start in range(0, len(todo), commit_every):
+                chunk = todo[start:start + commit_every]
+                with store.batch():
+                    for first in range(0, len(chunk), text_batch_size):
+                        part = chunk[first:first + text_batch_size]
+                        store.add_texts([caption for _, _, caption in part],
+                                        encoder.encode_texts([caption for _, _, caption in part]),
+                                        image_index=[row for row, _, _ in part],
+                                        sources=[source for _, source, _ in part])
+                        bar.update(len(part))
+        subsets = {}
+        with store.batch():
+            for name, names in splits.items():
+                members = [image for image in names if image in row_of]
+                store.set_subset(name, members)
+                subsets[name] = len(members)
+                if len(members) < len(names):
+                    issues.append(f"{SPLIT_FILES[name]}: {len(names) - len(members)} of its images are not "
+                                  "in the store")
+        summary = {
+            "store": str(store.path), "images": store.num_images, "images_indexed": report.indexed,
+            "images_skipped": report.skipped, "captions": store.num_texts, "captions_added": len(todo),
+            "subsets": subsets, "issues": issues,
+        }
+    return summary
 
 
 # ------------------------------------------------------------------------------------------ manifest
