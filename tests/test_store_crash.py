@@ -1,0 +1,136 @@
+"""EmbeddingStore under real processes: SIGKILLed writers and readers that keep working during writes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+from clipwidgets.store import EmbeddingStore
+
+BATCH = 32
+DIM = 64
+META = {"name": "tiny", "pretrained": "random-seed-0", "embed_dim": DIM}
+REPO = Path(__file__).resolve().parents[1]
+
+# A writer that appends batches of BATCH images (+ one caption each) and prints the image count after
+# every commit. Row i's vector and path depend only on i, so any committed state can be checked.
+WRITER = textwrap.dedent(f"""
+    import sys
+    import numpy as np
+    from clipwidgets.store import EmbeddingStore
+
+    def rows(start, stop):
+        i = np.arange(start, stop, dtype=np.float64)[:, None]
+        v = np.sin(np.arange({DIM})[None, :] * (i + 1) * 0.37 + i)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    path, root, batches = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    store = EmbeddingStore.open_or_create(path, {META!r}, root)
+    print("ready", store.num_images, flush=True)
+    for _ in range(batches):
+        n = store.num_images
+        with store.batch():
+            store.add_images([f"img_{{i:06d}}.jpg" for i in range(n, n + {BATCH})], rows(n, n + {BATCH}),
+                             sizes=list(range(n, n + {BATCH})), mtimes_ns=[7] * {BATCH},
+                             widths=[64] * {BATCH}, heights=[48] * {BATCH})
+            store.add_texts([f"caption of {{n}}"], rows(n, n + 1), image_index=[n])
+        print(store.num_images, flush=True)
+""")
+
+
+def expected_rows(count: int) -> np.ndarray:
+    i = np.arange(count, dtype=np.float64)[:, None]
+    v = np.sin(np.arange(DIM)[None, :] * (i + 1) * 0.37 + i)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16)
+
+
+def start_writer(store_path: Path, root: Path, batches: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(store_path), str(root), str(batches)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = process.stdout.readline()
+    assert first.startswith("ready"), process.stderr.read()
+    return process
+
+
+def assert_consistent(store: EmbeddingStore) -> int:
+    """Every batch is complete and holds exactly the writer's deterministic rows."""
+    count = store.num_images
+    assert count % BATCH == 0
+    assert store.image_paths() == [f"img_{i:06d}.jpg" for i in range(count)]
+    assert np.array_equal(store.image_embeddings(), expected_rows(count))
+    assert store.image_meta()["size"].tolist() == list(range(count))
+    starts = list(range(0, count, BATCH))
+    assert store.texts() == [f"caption of {n}" for n in starts]
+    assert store.text_image_index().tolist() == starts
+    assert np.array_equal(store.text_embeddings(), expected_rows(count)[starts])
+    return count
+
+
+def test_sigkill_at_random_moments_never_loses_or_tears_a_commit(tmp_path):
+    store_path, root = tmp_path / "crash.h5", tmp_path / "images"
+    root.mkdir()
+    rng = random.Random(20261126)
+    reported = 0
+    kills_after_a_commit = 0
+    for _ in range(25):
+        writer = start_writer(store_path, root, batches=10_000)
+        time.sleep(rng.uniform(0.0, 0.25))
+        writer.send_signal(signal.SIGKILL)
+        output, _ = writer.communicate()
+        assert writer.returncode == -signal.SIGKILL
+        counts = [int(line) for line in output.split()]
+        if counts:
+            reported = counts[-1]
+            kills_after_a_commit += 1
+        with EmbeddingStore.open(store_path) as reader:
+            count = assert_consistent(reader)
+        assert reported <= count <= reported + BATCH  # at most the one commit that was not yet printed
+        reported = count
+    assert kills_after_a_commit >= 10 and reported > 0
+    EmbeddingStore.open(store_path, "a").close()  # a writer removes what killed writers left
+    leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert leftovers == []
+
+
+def test_readers_keep_working_while_another_process_writes(tmp_path):
+    store_path, root = tmp_path / "live.h5", tmp_path / "images"
+    root.mkdir()
+    start_writer(store_path, root, batches=1).communicate()
+    stale = EmbeddingStore.open(store_path)
+    live = EmbeddingStore.open(store_path)
+    stale_rows = stale.image_embeddings().copy()
+    assert live.refresh() is False
+    writer = start_writer(store_path, root, batches=20)
+    seen = {BATCH}
+    while writer.poll() is None:
+        if live.refresh():
+            seen.add(assert_consistent(live))
+        assert stale.num_images == BATCH and np.array_equal(stale.image_embeddings(), stale_rows)
+    assert writer.returncode == 0, writer.stderr.read()
+    live.refresh()
+    assert assert_consistent(live) == 21 * BATCH
+    assert stale.refresh() is True and stale.num_images == 21 * BATCH
+    assert len(seen) >= 2  # the reader saw intermediate commits, not only the end state
+
+
+def test_a_writer_in_another_process_is_refused(tmp_path):
+    store_path, root = tmp_path / "locked.h5", tmp_path / "images"
+    root.mkdir()
+    with EmbeddingStore.create(store_path, META, root):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        code = ("import sys; from clipwidgets.store import EmbeddingStore\n"
+                "from clipwidgets.errors import StoreError\n"
+                "try: EmbeddingStore.open(sys.argv[1], 'a')\n"
+                "except StoreError as e: print(e); sys.exit(3)\n")
+        result = subprocess.run([sys.executable, "-c", code, str(store_path)], capture_output=True,
+                                text=True, env=env, timeout=60)
+    assert result.returncode == 3 and "Another process is writing" in result.stdout
