@@ -61,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(import_npy)
     import_npy.set_defaults(run=_run_import_npy)
 
+    app = sub.add_parser("app", help="serve the search page with Voila (http://127.0.0.1:7860)",
+                         description="Serve the SearchPanel as a standalone page. When the store is "
+                         "missing it is built first from --images, or for the default store from "
+                         "the Flickr8k download.")
+    app.add_argument("--store", default="store/flickr8k.h5",
+                     help="store file, relative to the current folder (default: store/flickr8k.h5)")
+    app.add_argument("--images", default="Data/Images",
+                     help="images to index when the store is missing (default: Data/Images)")
+    app.add_argument("--model", help="open_clip model name, or 'tiny' (default: the store's model; "
+                     "ViT-B-32-quickgelu when building a store)")
+    app.add_argument("--pretrained", help="pretrained tag or checkpoint file (default: the store's)")
+    app.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    app.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    app.set_defaults(run=_run_app)
+
     return parser
 
 
@@ -93,6 +108,16 @@ def _run_import_npy(args: argparse.Namespace) -> int:
         print(f"Imported {store.num_images} images and {store.num_texts} texts into {store.path} "
               f"({store.info()['model']}).")
     return 0
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .webapp import DEFAULT_STORE, ensure_store, serve
+
+    store = ensure_store(args.store, images_dir=args.images, model=args.model, pretrained=args.pretrained,
+                         allow_download=Path(args.store) == DEFAULT_STORE)
+    return serve(store, model=args.model, pretrained=args.pretrained, host=args.host, port=args.port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
