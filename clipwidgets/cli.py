@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     app.set_defaults(run=_run_app)
 
+    _add_flickr8k_parsers(sub)
+
     return parser
 
 
@@ -118,6 +120,105 @@ def _run_app(args: argparse.Namespace) -> int:
     store = ensure_store(args.store, images_dir=args.images, model=args.model, pretrained=args.pretrained,
                          allow_download=Path(args.store) == DEFAULT_STORE)
     return serve(store, model=args.model, pretrained=args.pretrained, host=args.host, port=args.port)
+
+
+def _add_flickr8k_parsers(sub: Any) -> None:
+    flickr8k = sub.add_parser("flickr8k", help="download, index and evaluate on Flickr8k")
+    commands = flickr8k.add_subparsers(dest="flickr8k_command", required=True)
+    download = commands.add_parser("download", help="download, verify and extract Flickr8k")
+    download.add_argument("--data-dir", default="Data")
+    download.add_argument("--from-dir", help="folder holding Flickr8k_Dataset.zip and Flickr8k_text.zip "
+                          "fetched by hand (nothing is downloaded)")
+    download.add_argument("--base-url", help="mirror of the two archives (default: "
+                          "$CLIPWIDGETS_FLICKR8K_URL, else the jbrownlee/Datasets GitHub release)")
+    download.add_argument("--expected-images", type=int, default=8091,
+                          help="JPEGs the image archive must hold (0 skips the check; default 8091)")
+    download.add_argument("--keep-archives", action="store_true", help="keep the zips after extracting")
+    download.add_argument("--json", action="store_true")
+    download.set_defaults(run=_run_flickr8k_download)
+    index = commands.add_parser("index", help="index Flickr8k images and captions into a store")
+    index.add_argument("--data-dir", default="Data")
+    index.add_argument("--store", default="store/flickr8k.h5")
+    _add_model_options(index)
+    index.add_argument("--batch-size", type=int, default=32)
+    index.add_argument("--workers", type=int, help="decoding processes (0: decode in this process)")
+    index.add_argument("--json", action="store_true")
+    index.set_defaults(run=_run_flickr8k_index)
+    evaluate = commands.add_parser("evaluate", help="Recall@K, ranks and agreement with human judgments")
+    evaluate.add_argument("--store", default="store/flickr8k.h5")
+    evaluate.add_argument("--data-dir", default="Data", help="where ExpertAnnotations.txt is")
+    evaluate.add_argument("--split", default="test", help="train, dev, test or all (default: test)")
+    evaluate.add_argument("--failures", type=int, default=0, metavar="N",
+                          help="also list the N worst text-to-image failures")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(run=_run_flickr8k_evaluate)
+
+
+def _run_flickr8k_download(args: argparse.Namespace) -> int:
+    from .datasets.flickr8k import download_flickr8k
+
+    summary = download_flickr8k(args.data_dir, base_url=args.base_url, from_dir=args.from_dir,
+                                expected_images=args.expected_images or None,
+                                keep_archives=args.keep_archives, progress=not args.json)
+    if args.json:
+        _print_json(summary)
+    elif summary["status"] == "present":
+        print(f"Flickr8k is already in {summary['data_dir']} ({summary['images']:,} images, verified "
+              "against the manifest); nothing to do.")
+    else:
+        print(f"Flickr8k {summary['status']} into {summary['data_dir']}: {summary['images']:,} images, "
+              f"{len(summary['text_files'])} text files; sha256 recorded in {summary['manifest']}.")
+    return 0
+
+
+def _run_flickr8k_index(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .datasets.flickr8k import index_flickr8k
+    from .store import EmbeddingStore
+
+    store_meta = None
+    if Path(args.store).exists():
+        with EmbeddingStore.open(args.store) as store:
+            store_meta = store.model_meta
+    encoder = _load_encoder(args, store_meta)
+    summary = index_flickr8k(args.data_dir, args.store, encoder, batch_size=args.batch_size,
+                             workers=args.workers, progress=not args.json)
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"{summary['store']}: {summary['images']:,} images ({summary['images_indexed']:,} new), "
+          f"{summary['captions']:,} captions ({summary['captions_added']:,} new); splits "
+          + ", ".join(f"{name} {count:,}" for name, count in summary["subsets"].items()))
+    for issue in summary["issues"]:
+        print(f"note: {issue}")
+    return 0
+
+
+def _run_flickr8k_evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .datasets.flickr8k import flickr8k_paths, load_expert_annotations
+    from .evaluation import evaluate_store, failures
+    from .store import EmbeddingStore
+
+    expert = flickr8k_paths(args.data_dir).expert
+    annotations = load_expert_annotations(expert) if expert.is_file() else None
+    with EmbeddingStore.open(args.store) as store:
+        report = evaluate_store(store, split=args.split, expert_annotations=annotations)
+        worst = failures(store, args.split, limit=args.failures) if args.failures > 0 else []
+    if args.json:
+        _print_json({**report.to_dict(), "failures": [asdict(failure) for failure in worst]})
+        return 0
+    print(report.format_table())
+    if annotations is None:
+        print(f"(no {expert}: human agreement not measured)")
+    for failure in worst:
+        print(f"\n{failure.caption!r} ({failure.source}): right image {failure.ground_truth} ranked "
+              f"{failure.ground_truth_rank} (cosine {failure.ground_truth_score:.3f}); retrieved:")
+        for path, score in failure.retrieved:
+            print(f"  {score:.3f}  {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
