@@ -77,6 +77,9 @@ class _Contents:
     subsets: dict[str, list[str]]
     created: str
     updated: str
+    _row_of: dict[str, int] | None = dataclasses.field(default=None, repr=False, compare=False)
+    _captions_order: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(
+        default=None, repr=False, compare=False)
 
     @classmethod
     def empty(cls, dim: int, dtype: str) -> _Contents:
@@ -89,7 +92,21 @@ class _Contents:
     def copy(self) -> _Contents:
         return dataclasses.replace(self, paths=list(self.paths), texts=list(self.texts),
                                    text_sources=list(self.text_sources), skipped=dict(self.skipped),
-                                   subsets={name: list(paths) for name, paths in self.subsets.items()})
+                                   subsets={name: list(paths) for name, paths in self.subsets.items()},
+                                   _row_of=None if self._row_of is None else dict(self._row_of))
+
+    def row_of(self) -> dict[str, int]:
+        """{relative path: image row}, built once and kept up to date by appends."""
+        if self._row_of is None:
+            self._row_of = {path: row for row, path in enumerate(self.paths)}
+        return self._row_of
+
+    def captions_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """(text rows sorted by linked image, their image rows): captions of image i by bisection."""
+        if self._captions_order is None:
+            order = np.argsort(self.text_image_index, kind="stable")
+            self._captions_order = (order, self.text_image_index[order])
+        return self._captions_order
 
 
 class EmbeddingStore:
@@ -104,8 +121,6 @@ class EmbeddingStore:
         self._pending: _Contents | None = None
         self._lock_fd = lock_fd
         self._signature = _signature(path)
-        self._row_of: dict[str, int] | None = None
-        self._captions_order: tuple[np.ndarray, np.ndarray] | None = None
         self.closed = False
 
     # ----- opening and closing -----
@@ -211,7 +226,7 @@ class EmbeddingStore:
         if signature == self._signature:
             return False
         self._attrs, contents = _read(self.path)
-        self._set_contents(contents)
+        self._contents = contents
         self._signature = signature
         return True
 
@@ -274,10 +289,8 @@ class EmbeddingStore:
     def index_of(self, path: str | os.PathLike[str]) -> int:
         """Row of the image at `path` (relative to the image root, or absolute inside it)."""
         relpath = self._relpath(path)
-        if self._row_of is None:
-            self._row_of = {p: i for i, p in enumerate(self._view.paths)}
         try:
-            return self._row_of[relpath]
+            return self._view.row_of()[relpath]
         except KeyError:
             raise InvalidInputError(f"{relpath!r} is not in store {self.path} "
                                     f"({self.num_images} images).") from None
@@ -306,11 +319,7 @@ class EmbeddingStore:
 
     def captions(self, index: int) -> list[str]:
         """Texts linked to image `index`, in insertion order."""
-        if self._captions_order is None:
-            linked = self._view.text_image_index
-            order = np.argsort(linked, kind="stable")
-            self._captions_order = (order, linked[order])
-        order, sorted_index = self._captions_order
+        order, sorted_index = self._view.captions_order()
         start, stop = np.searchsorted(sorted_index, [index, index + 1])
         texts = self._view.texts
         return [texts[i] for i in order[start:stop]]
@@ -320,11 +329,9 @@ class EmbeddingStore:
 
     def subsets(self) -> dict[str, np.ndarray]:
         """Named subsets (e.g. dataset splits) as int64 rows of the images present now."""
-        result = {}
-        for name, paths in self._view.subsets.items():
-            rows = [self._row(path) for path in paths]
-            result[name] = np.array([row for row in rows if row is not None], dtype=np.int64)
-        return result
+        row_of = self._view.row_of()
+        return {name: np.array([row_of[p] for p in paths if p in row_of], dtype=np.int64)
+                for name, paths in self._view.subsets.items()}
 
     def diff(self, files: Mapping[str, tuple[int, int]] | str | os.PathLike[str]) -> StoreDiff:
         """Compare with a folder scan ({relpath: (size, mtime_ns)}) or with a folder itself.
@@ -410,13 +417,15 @@ class EmbeddingStore:
             columns[name] = column
         with self.batch():
             contents = self._pending
-            row_of = {p: i for i, p in enumerate(contents.paths)}
+            row_of = contents.row_of()
             existing = np.array([row_of.get(p, -1) for p in relpaths], dtype=np.int64)
-            append = existing < 0
             contents.image_embeddings = _replace_and_append(contents.image_embeddings, existing, rows)
             for name, column in columns.items():
                 setattr(contents, name, _replace_and_append(getattr(contents, name), existing, column))
-            contents.paths.extend(p for p, new in zip(relpaths, append, strict=True) if new)
+            for path, row in zip(relpaths, existing.tolist(), strict=True):
+                if row < 0:
+                    row_of[path] = len(contents.paths)
+                    contents.paths.append(path)
             for path in relpaths:
                 contents.skipped.pop(path, None)
 
@@ -444,6 +453,7 @@ class EmbeddingStore:
             contents.text_embeddings = np.concatenate([contents.text_embeddings, rows])
             contents.text_image_index = np.concatenate([contents.text_image_index, links])
             contents.text_sources.extend(str(tag) for tag in tags)
+            contents._captions_order = None
 
     def add_skipped(self, records: Sequence[SkippedFile]) -> None:
         """Remember files that could not be embedded; replaces an earlier record of the same path."""
@@ -482,6 +492,7 @@ class EmbeddingStore:
                                      if kept]
             contents.text_embeddings = np.ascontiguousarray(contents.text_embeddings[keep_text])
             contents.text_image_index = renumbered[keep_text].astype(np.int64)
+            contents._row_of = contents._captions_order = None
             return int(gone.sum())
 
     def set_subset(self, name: str, paths: Sequence[str | os.PathLike[str]]) -> None:
@@ -491,7 +502,7 @@ class EmbeddingStore:
             raise InvalidInputError(f"Subset name {name!r} must be non-empty and contain no '/'.")
         relpaths = self._relpaths(paths)
         with self.batch():
-            present = set(self._pending.paths)
+            present = self._pending.row_of()
             missing = [path for path in relpaths if path not in present]
             if missing:
                 raise InvalidInputError(f"Subset {name!r}: {missing[0]!r} is not in store {self.path} "
@@ -505,16 +516,6 @@ class EmbeddingStore:
     def _view(self) -> _Contents:
         """What reads see: the pending batch of a writer, else the committed contents."""
         return self._pending if self._pending is not None else self._contents
-
-    def _row(self, path: str) -> int | None:
-        if self._row_of is None:
-            self._row_of = {p: i for i, p in enumerate(self._view.paths)}
-        return self._row_of.get(path)
-
-    def _set_contents(self, contents: _Contents) -> None:
-        self._contents = contents
-        self._row_of = None
-        self._captions_order = None
 
     def _require_writer(self) -> None:
         if self.closed:
@@ -564,13 +565,11 @@ class EmbeddingStore:
                 f"--model {meta['name']} --pretrained {meta['pretrained']} or a new store.")
         if not np.issubdtype(rows.dtype, np.floating):
             raise InvalidInputError(f"{kind} embeddings must be floating point, got {rows.dtype}.")
-        as32 = rows.astype(np.float32, copy=False)
-        finite = np.isfinite(as32).all(axis=1)
+        finite, norms = _finite_and_norms(rows)
         if not finite.all():
             row = int(np.flatnonzero(~finite)[0])
             raise InvalidInputError(f"The embedding of {labels[row]} (row {row}) contains NaN or inf; "
                                     "nothing was stored.")
-        norms = np.linalg.norm(as32, axis=1)
         off = np.abs(norms - 1) > NORM_TOLERANCE
         if off.any():
             row = int(np.flatnonzero(off)[0])
@@ -594,7 +593,7 @@ class EmbeddingStore:
             raise StoreError(f"Could not save store {self.path}: {reason}. The file still holds its "
                              f"previous state ({len(self._contents.paths)} images)"
                              "; free space or fix permissions and retry.") from error
-        self._set_contents(contents)
+        self._contents = contents
         self._signature = _signature(self.path)
 
 
@@ -863,15 +862,25 @@ def _replace_and_append(column: np.ndarray, existing: np.ndarray, values: np.nda
     return out
 
 
+def _finite_and_norms(rows: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: all values finite, and the L2 norm (float64); in chunks, so memory stays small."""
+    finite = np.empty(len(rows), dtype=bool)
+    norms = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), chunk):
+        block = rows[start:start + chunk].astype(np.float64)
+        finite[start:start + chunk] = np.isfinite(block).all(axis=1)
+        norms[start:start + chunk] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return finite, norms
+
+
 def _normalised(rows: np.ndarray, labels: Sequence[str], source: Any) -> np.ndarray:
-    rows = rows.astype(np.float32)
-    finite = np.isfinite(rows).all(axis=1)
-    norms = np.linalg.norm(np.where(finite[:, None], rows, 0), axis=1)
+    """Rows divided by their L2 norm (float32); refuses zero, NaN and inf rows naming the first."""
+    finite, norms = _finite_and_norms(rows)
     bad = np.flatnonzero(~finite | (norms == 0))
     if bad.size:
         raise InvalidInputError(f"Row {bad[0]} of {source} ({labels[bad[0]]}) is zero, NaN or inf; "
                                 "it cannot be normalised. Re-index the folder instead.")
-    return rows / norms[:, None]
+    return (rows / norms[:, None]).astype(np.float32)
 
 
 def _load_npy(path: str | os.PathLike[str]) -> np.ndarray:

@@ -179,8 +179,11 @@ def test_batch_commits_once_and_discards_everything_when_it_raises(store):
     with store.batch():
         add(store, ["b.jpg"])
         assert EmbeddingStore.open(store.path).num_images == 1  # not committed yet
+        assert store.index_of("b.jpg") == 1
+        store.remove(["a.jpg"])
         add(store, ["c.jpg"], seed=1)
-    assert EmbeddingStore.open(store.path).image_paths() == ["a.jpg", "b.jpg", "c.jpg"]
+        assert (store.index_of("b.jpg"), store.index_of("c.jpg")) == (0, 1)
+    assert EmbeddingStore.open(store.path).image_paths() == ["b.jpg", "c.jpg"]
 
 
 def test_info_summary(store):
