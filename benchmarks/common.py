@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,16 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def quiet_open_clip() -> Iterator[None]:
+    """Silence open_clip's warning that no pretrained weights were loaded: random weights are on purpose."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def random_vit_b32(precision: str = "fp32", *, device: str = "cpu", seed: int = 0):
     """An `Encoder` around ViT-B/32 (QuickGELU) with random weights: the released model's compute,
     nothing downloaded. Embeddings are meaningless; speed and memory are the real model's."""
@@ -82,14 +93,9 @@ def random_vit_b32(precision: str = "fp32", *, device: str = "cpu", seed: int = 
 
     from clipwidgets.model import _DTYPES, Encoder, _embed_dim, _preprocess_meta
 
-    logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: on purpose
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                VIT_B32, pretrained=None, device=device)
-    finally:
-        logging.disable(logging.NOTSET)
+    with quiet_open_clip(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, _, preprocess = open_clip.create_model_and_transforms(VIT_B32, pretrained=None, device=device)
     model = model.to(dtype=_DTYPES[precision])
     meta = {
         "name": VIT_B32,
@@ -107,7 +113,8 @@ def benchmark_encoder(precision: str, *, quick: bool):
     if quick:
         from clipwidgets.model import load_model
 
-        return load_model("tiny", device="cpu", precision=precision)
+        with quiet_open_clip():
+            return load_model("tiny", device="cpu", precision=precision)
     return random_vit_b32(precision)
 
 

@@ -1,0 +1,205 @@
+"""Indexing end to end on generated Flickr8k-like JPEGs, against model-only and a naive loop, in one run.
+
+- model only: `encode_pixels` on pre-decoded, preprocessed batches of 32 (the ceiling), fp32 and bf16;
+- clipwidgets: `index_images` into a fresh store, at the default CPU precision (fp32) and at bf16, each in
+  its own subprocess so its peak RSS (with its decoding workers) is its own;
+- naive loop: PIL open -> `encoder.preprocess` -> encode one image at a time, fp32;
+- bf16 vs fp32 agreement: mean cosine of the same images' embeddings and top-10 overlap of searches.
+
+Full mode uses ViT-B/32 with random weights (same compute as the released weights); quick mode uses the
+offline `tiny` model on a few dozen images, to keep the script working, not to measure the claims.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (
+    RESULTS_DIR,
+    TreeMemorySampler,
+    benchmark_encoder,
+    peak_rss_mb,
+    print_table,
+    timeit,
+    write_json,
+)
+
+CACHE_DIR = RESULTS_DIR / "cache"
+BATCH_SIZE = 32
+QUERIES = ("a dog running on the grass", "two children playing in the water", "a man riding a bicycle",
+           "a red car parked on the street", "people walking in a crowded market", "a cat sleeping on a sofa",
+           "a snowy mountain at sunset", "a boy jumping into a swimming pool", "a girl in a pink dress",
+           "a black and white dog catching a frisbee", "a surfer riding a wave", "a bird on a branch")
+
+
+def photo_folder(count: int) -> Path:
+    """A cached folder of `count` generated 500x375 JPEGs (made once, reused by later runs)."""
+    from clipwidgets.synthetic import make_photos
+
+    folder = CACHE_DIR / f"photos_{count}"
+    if len(list(folder.glob("*.jpg"))) != count:
+        shutil.rmtree(folder, ignore_errors=True)
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        make_photos(partial, count)
+        partial.rename(folder)
+    return folder
+
+
+def model_only_rate(encoder, paths: list[Path], *, repeats: int) -> float:
+    """Images/s of the model alone on batches decoded and preprocessed beforehand."""
+    import torch
+    from PIL import Image
+
+    pixels = torch.stack([encoder.preprocess(Image.open(path).convert("RGB")) for path in paths])
+    batches = list(torch.split(pixels, BATCH_SIZE))
+    seconds = timeit(lambda: [encoder.encode_pixels(batch) for batch in batches], repeats=repeats, warmup=1)
+    return len(paths) / seconds
+
+
+def naive_rate(encoder, paths: list[Path]) -> float:
+    """Images/s of the obvious loop: open, preprocess, encode, one image at a time (after one warm-up)."""
+    from PIL import Image
+
+    def embed(path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            return encoder.encode_images([image.convert("RGB")])
+
+    embed(paths[0])
+    start = time.perf_counter()
+    for path in paths:
+        embed(path)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def index_in_subprocess(folder: Path, store_path: Path, precision: str, quick: bool) -> dict[str, Any]:
+    """Run `index_images` in a fresh interpreter; returns its figures and the peak RSS of its process tree."""
+    store_path.unlink(missing_ok=True)
+    job = json.dumps({"folder": str(folder), "store": str(store_path), "precision": precision,
+                      "quick": quick})
+    command = [sys.executable, "-m", "benchmarks.bench_indexing", "--index-job", job]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process, \
+            TreeMemorySampler(process.pid) as sampler:
+        stdout, _ = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"indexing subprocess ({precision}) failed with exit status {process.returncode}")
+    figures = json.loads(stdout.strip().splitlines()[-1])
+    figures["peak_rss_tree_mb"] = sampler.peak_mb
+    return figures
+
+
+def index_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Inside the subprocess: load the model, warm it up, then time `index_images` into a new store."""
+    import resource
+
+    import torch
+
+    from clipwidgets.indexing import index_images
+
+    encoder = benchmark_encoder(job["precision"], quick=job["quick"])
+    height, width = encoder.meta["preprocess"]["image_size"]
+    encoder.encode_pixels(torch.zeros(BATCH_SIZE, 3, height, width))  # warm-up, as model-only gets
+    start = time.perf_counter()
+    report = index_images(job["folder"], job["store"], encoder, batch_size=BATCH_SIZE, progress=False)
+    seconds = time.perf_counter() - start
+    count = len(list(Path(job["folder"]).glob("*.jpg")))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10
+    return {"images": count, "seconds": seconds, "images_per_s": count / seconds,
+            "report_images_per_s": float(report.images_per_second),
+            "peak_rss_self_mb": peak_rss_mb(), "peak_rss_largest_worker_mb": children}
+
+
+def agreement(fp32_store: Path, bf16_store: Path, encoder) -> dict[str, float]:
+    """Mean cosine of the two stores' embeddings of the same images, and top-10 overlap of text searches."""
+    from clipwidgets.store import EmbeddingStore
+
+    with EmbeddingStore.open(fp32_store) as a, EmbeddingStore.open(bf16_store) as b:
+        order = [b.index_of(path) for path in a.image_paths()]
+        x = a.image_embeddings().astype(np.float32)
+        y = b.image_embeddings().astype(np.float32)[order]
+    cosines = np.sum(x * y, axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+    queries = encoder.encode_texts(list(QUERIES))
+    k = min(10, len(x))
+    top_x = np.argsort(-(queries @ x.T), axis=1)[:, :k]
+    top_y = np.argsort(-(queries @ y.T), axis=1)[:, :k]
+    overlap = np.mean([len(set(p) & set(q)) / k for p, q in zip(top_x, top_y, strict=True)])
+    return {"bf16_vs_fp32_mean_cosine": float(cosines.mean()),
+            "bf16_vs_fp32_min_cosine": float(cosines.min()),
+            "bf16_vs_fp32_top10_overlap": float(overlap), "agreement_queries": len(QUERIES)}
+
+
+def run(quick: bool, *, images: int | None = None) -> dict[str, Any]:
+    """Measure everything on `images` generated photos (quick: 48 with the tiny model; full: 800)."""
+    count = images or (48 if quick else 800)
+    folder = photo_folder(count)
+    paths = sorted(folder.glob("*.jpg"))
+    sample = paths[: min(count, 32 if quick else 160)]
+    repeats = 1 if quick else 2
+    figures: dict[str, Any] = {
+        "model": "tiny (quick mode: the ratios are not the claims)" if quick
+        else "ViT-B-32-quickgelu (random weights)",
+        "images": count, "image_size": "500x375", "batch_size": BATCH_SIZE,
+        "model_only_images": len(sample), "naive_images": len(sample)}
+    encoders = {precision: benchmark_encoder(precision, quick=quick) for precision in ("fp32", "bf16")}
+    for precision, encoder in encoders.items():
+        figures[f"model_only_{precision}_images_per_s"] = model_only_rate(encoder, sample, repeats=repeats)
+    figures["naive_fp32_images_per_s"] = naive_rate(encoders["fp32"], sample)
+    del encoders["bf16"]
+
+    stores = {precision: CACHE_DIR / f"index_{count}_{precision}.h5" for precision in ("fp32", "bf16")}
+    for precision, store in stores.items():
+        result = index_in_subprocess(folder, store, precision, quick)
+        figures[f"e2e_{precision}_images_per_s"] = result["images_per_s"]
+        figures[f"e2e_{precision}_report_images_per_s"] = result["report_images_per_s"]
+        figures[f"e2e_{precision}_peak_rss_mb"] = result["peak_rss_tree_mb"]
+        figures[f"e2e_{precision}_peak_rss_main_mb"] = result["peak_rss_self_mb"]
+        figures[f"e2e_{precision}_peak_rss_largest_worker_mb"] = result["peak_rss_largest_worker_mb"]
+        figures[f"ratio_e2e_vs_model_{precision}"] = (figures[f"e2e_{precision}_images_per_s"]
+                                                      / figures[f"model_only_{precision}_images_per_s"])
+        figures[f"ratio_e2e_{precision}_vs_naive"] = (figures[f"e2e_{precision}_images_per_s"]
+                                                      / figures["naive_fp32_images_per_s"])
+    figures.update(agreement(stores["fp32"], stores["bf16"], encoders["fp32"]))
+    print_figures(figures)
+    return figures
+
+
+def print_figures(figures: dict[str, Any]) -> None:
+    rows = [[f"model only {p}", figures[f"model_only_{p}_images_per_s"], "", "", ""]
+            for p in ("fp32", "bf16")]
+    rows.append(["naive loop fp32", figures["naive_fp32_images_per_s"], "", "", ""])
+    for p in ("fp32", "bf16"):
+        rows.append([f"clipwidgets index_images {p}", figures[f"e2e_{p}_images_per_s"],
+                     figures[f"ratio_e2e_vs_model_{p}"], figures[f"ratio_e2e_{p}_vs_naive"],
+                     figures[f"e2e_{p}_peak_rss_mb"]])
+    print_table(f"Indexing {figures['images']} generated 500x375 JPEGs ({figures['model']})", rows,
+                ["path", "images/s", "x model only", "x naive fp32", "peak RSS MiB (tree)"])
+    print(f"bf16 vs fp32: mean cosine {figures['bf16_vs_fp32_mean_cosine']:.4f} "
+          f"(min {figures['bf16_vs_fp32_min_cosine']:.4f}), "
+          f"top-10 overlap {figures['bf16_vs_fp32_top10_overlap']:.2f} over {figures['agreement_queries']} "
+          "text queries", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--images", type=int, help="number of generated photos (default 800; quick 48)")
+    parser.add_argument("--index-job", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.index_job:
+        print(json.dumps(index_job(json.loads(args.index_job))), flush=True)
+        return
+    path = write_json(RESULTS_DIR / "indexing.json", run(args.quick, images=args.images))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
