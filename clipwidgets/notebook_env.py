@@ -22,6 +22,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .model import DEFAULT_MODEL, DEFAULT_PRETRAINED, TINY_MODEL
 
@@ -113,6 +114,32 @@ def notebook_config(environ: Mapping[str, str] | None = None, *,
         pretrained=pretrained,
         colab=in_colab(),
     )
+
+
+def ensure_flickr8k(config: NotebookConfig, *, progress: bool = True) -> str:
+    """Leave a complete Flickr8k-shaped folder alone, else download Flickr8k into it; returns what happened.
+
+    "present" when `config.data_dir` already holds Images/, the token file and the split files with
+    every captioned image (the real dataset, or the generated look-alike used offline); otherwise the
+    status of `download_flickr8k` ("downloaded", or "present" when its manifest matches), which
+    resumes an interrupted download and raises DatasetError, with the URLs, when offline.
+    """
+    from .datasets.flickr8k import download_flickr8k, flickr8k_paths, layout_problems
+
+    if not layout_problems(flickr8k_paths(config.data_dir), expected_images=None):
+        return "present"
+    return str(download_flickr8k(config.data_dir, progress=progress)["status"])
+
+
+def ensure_store(config: NotebookConfig, encoder: Any, *, progress: bool = True) -> dict[str, Any] | None:
+    """Build the store from Flickr8k when `config.store_path` does not exist yet (fetching the data
+    first if needed); returns `index_flickr8k`'s summary, or None when the store was already there."""
+    from .datasets.flickr8k import index_flickr8k
+
+    if config.store_path.is_file():
+        return None
+    ensure_flickr8k(config, progress=progress)
+    return index_flickr8k(config.data_dir, config.store_path, encoder, progress=progress)
 
 
 def _setting(environ: Mapping[str, str], name: str) -> str | None:

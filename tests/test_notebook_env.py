@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import types
 from pathlib import Path
 
-from clipwidgets.notebook_env import find_repo_root, in_colab, is_repo_root, notebook_config
+import pytest
+
+from clipwidgets.errors import DatasetError
+from clipwidgets.notebook_env import (
+    ensure_flickr8k,
+    ensure_store,
+    find_repo_root,
+    in_colab,
+    is_repo_root,
+    notebook_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,3 +114,37 @@ def test_describe_shows_paths_inside_the_repo_relative_and_others_absolute(tmp_p
     assert lines[0] == "model:  tiny (random weights, offline test model)"
     assert lines[1] == "data:   Data"
     assert lines[2] == f"store:  {tmp_path / 's.h5'}"
+
+
+def test_a_complete_generated_collection_is_used_as_it_is(tmp_path):
+    from clipwidgets.datasets import make_flickr8k_like
+
+    make_flickr8k_like(tmp_path / "data", n_images=8)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    config = notebook_config({"CLIPWIDGETS_DATA": str(tmp_path / "data")}, repo_root=REPO)
+    assert ensure_flickr8k(config, progress=False) == "present"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_missing_data_is_downloaded_and_offline_says_where_from(tmp_path, monkeypatch):
+    with socket.socket() as probe:  # a port nobody listens on: the connection is refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("CLIPWIDGETS_FLICKR8K_URL", f"http://127.0.0.1:{port}/flickr8k")
+    config = notebook_config({"CLIPWIDGETS_DATA": str(tmp_path / "empty")}, repo_root=REPO)
+    with pytest.raises(DatasetError, match=f"127.0.0.1:{port}/flickr8k/Flickr8k_Dataset.zip"):
+        ensure_flickr8k(config, progress=False)
+
+
+def test_ensure_store_builds_a_missing_store_once(tmp_path, tiny_encoder):
+    from clipwidgets.datasets import make_flickr8k_like
+    from clipwidgets.store import EmbeddingStore
+
+    make_flickr8k_like(tmp_path / "data", n_images=6)
+    config = notebook_config({"CLIPWIDGETS_MODEL": "tiny", "CLIPWIDGETS_DATA": str(tmp_path / "data"),
+                              "CLIPWIDGETS_STORE": str(tmp_path / "store" / "f.h5")}, repo_root=REPO)
+    summary = ensure_store(config, tiny_encoder, progress=False)
+    assert (summary["images"], summary["captions"]) == (6, 30)
+    assert ensure_store(config, tiny_encoder, progress=False) is None
+    with EmbeddingStore.open(config.store_path) as store:
+        assert store.num_images == 6
