@@ -76,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     app.set_defaults(run=_run_app)
 
+    index = sub.add_parser("index", help="embed the images of a folder into a store (incremental)",
+                           description="Embed new and changed images under IMAGES_DIR into STORE.h5, "
+                           "creating it when missing. Unreadable files are skipped and reported.")
+    index.add_argument("images_dir", metavar="IMAGES_DIR")
+    index.add_argument("--store", required=True, metavar="STORE.h5")
+    _add_model_options(index)
+    index.add_argument("--batch-size", type=int, default=32, help="images per model call (default: 32)")
+    index.add_argument("--workers", type=int, help="decoding processes (default: a quarter of the cores "
+                       "on CPU, all but one beside a GPU; 0: decode in this process)")
+    index.add_argument("--prune", action="store_true", help="remove entries whose files are gone")
+    index.add_argument("--json", action="store_true", help="print only a JSON summary on stdout")
+    index.set_defaults(run=_run_index)
+
     _add_flickr8k_parsers(sub)
 
     return parser
@@ -91,6 +104,42 @@ def _run_info(args: argparse.Namespace) -> int:
     else:
         for key, value in summary.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .errors import InvalidInputError
+    from .indexing import index_images
+    from .store import EmbeddingStore
+
+    if not Path(args.images_dir).is_dir():
+        raise InvalidInputError(f"Image folder {args.images_dir} does not exist or is not a folder; "
+                                "give the folder that holds your images.")
+    store_meta = None
+    if Path(args.store).exists():
+        with EmbeddingStore.open(args.store) as store:
+            store_meta = store.model_meta
+    encoder = _load_encoder(args, store_meta)
+    report = index_images(args.images_dir, args.store, encoder, batch_size=args.batch_size,
+                          workers=args.workers, prune=args.prune)
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    found = report.indexed + report.unchanged + report.skipped
+    if found == 0:
+        print(f"No images found in {args.images_dir} (looked for .jpg, .png, .webp, .gif, .bmp, .tif "
+              "and similar, in subfolders too; hidden files are ignored).")
+    print(f"{args.store}: indexed {report.indexed:,} images in {report.seconds:.1f} s "
+          f"({report.images_per_second:.1f} images/s); {report.unchanged:,} unchanged, "
+          f"{report.skipped:,} skipped, {report.removed:,} removed.")
+    for entry in report.skipped_files[:20]:
+        print(f"  skipped {entry['path']}: {entry['reason']}")
+    if len(report.skipped_files) > 20:
+        print(f"  ... and {len(report.skipped_files) - 20:,} more (--json lists them all)")
+    if report.missing:
+        print(f"{report.missing:,} entries whose files are gone were kept; --prune removes them.")
     return 0
 
 

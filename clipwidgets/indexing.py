@@ -1,0 +1,367 @@
+"""Index a folder of images into an EmbeddingStore: scan -> diff -> decode (workers) -> encode -> commit.
+
+Only new or changed files are encoded. Worker processes decode and resize while the model runs;
+work is committed in batches on an adaptive cadence, so an interrupted run loses at most the work
+since the last commit. A file that cannot be decoded is skipped, reported and remembered, never fatal.
+See docs/indexing.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InvalidInputError
+from .images import ModelInputSpec, init_decode_worker, load_model_inputs, scan_images
+from .store import EmbeddingStore, SkippedFile
+
+logger = logging.getLogger(__name__)
+COMMIT_OVERHEAD = 0.1  # commit when the time since the last one is >= 1/COMMIT_OVERHEAD x its duration
+MAX_PENDING = 4096  # ... or when this many files wait, whatever the overhead
+PREFETCH_BATCHES = 2  # batches decoded ahead of the model
+CRASHED = "crashed the image decoder (its worker process died)"
+BAD_NAME = "file name is not valid UTF-8; rename the file"
+
+Decoded = tuple[np.ndarray, tuple[int, int]] | str  # (pixels, (width, height)) or a reason
+Loader = Callable[[Sequence[str], ModelInputSpec], list[Decoded]]
+
+
+@dataclass
+class IndexReport:
+    """What one indexing run did. indexed + unchanged + skipped = image files found.
+
+    `skipped` counts every file found that is not in the store: those that failed now and known bad
+    files that did not change since they failed (they are not retried); `skipped_files` lists them.
+    `removed` counts entries dropped by `prune`; `missing` counts entries whose files are gone but
+    were kept (prune was off).
+    """
+
+    indexed: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    removed: int = 0
+    skipped_files: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    missing: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON summary (every field but `missing`)."""
+        summary = asdict(self)
+        del summary["missing"]
+        return summary
+
+
+def default_workers(device: str) -> int:
+    """Decoding processes: a quarter of the cores beside a CPU model (decoding costs ~5% of its time
+    for camera-sized JPEGs), all but one core beside a GPU, whose speed decoding must keep up with."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.startswith("cpu"):
+        return max(1, cores // 4)
+    return max(1, cores - 1)
+
+
+def index_images(images_dir: str | os.PathLike[str], store: EmbeddingStore | str | os.PathLike[str],
+                 encoder: Any, *, batch_size: int = 32, workers: int | None = None, prune: bool = False,
+                 progress: bool = True) -> IndexReport:
+    """Embed the new and changed images under `images_dir` into `store`; returns an IndexReport.
+
+    `store` is an EmbeddingStore open for writing, or a path: then the store is created (recording
+    the encoder's model) or opened after checking its model and image root. `workers` decoding
+    processes (default `default_workers`; 0 decodes in this process). `prune` removes entries whose
+    files are gone. On Ctrl-C the work fully encoded so far is committed, then KeyboardInterrupt is
+    re-raised.
+    """
+    started = time.perf_counter()
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise InvalidInputError(f"Image folder {images_dir} does not exist or is not a folder; "
+                                "give the folder that holds your images.")
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}.")
+    if workers is not None and workers < 0:
+        raise InvalidInputError(f"workers must be 0 (decode in this process) or more, got {workers}.")
+    owned = not isinstance(store, EmbeddingStore)
+    if owned:
+        store = EmbeddingStore.open_or_create(store, encoder.meta, images_dir)
+    try:
+        if not owned:
+            _check_store(store, encoder, images_dir)
+        report = _index(images_dir, store, encoder, batch_size=batch_size,
+                        workers=default_workers(encoder.device) if workers is None else workers,
+                        prune=prune, progress=progress)
+    finally:
+        if owned:
+            store.close()
+    report.seconds = round(time.perf_counter() - started, 3)
+    report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds > 0 else 0.0
+    return report
+
+
+def _check_store(store: EmbeddingStore, encoder: Any, images_dir: Path) -> None:
+    store.check_model(encoder.meta)
+    if store.image_root.resolve() != images_dir.resolve():
+        raise InvalidInputError(f"Store {store.path} indexes images under {store.image_root}, not "
+                                f"{images_dir.resolve()}. Index that folder, or use a new store.")
+
+
+def _index(images_dir: Path, store: EmbeddingStore, encoder: Any, *, batch_size: int, workers: int,
+           prune: bool, progress: bool) -> IndexReport:
+    found = scan_images(images_dir)
+    bad_names = [path for path in found if not _storable(path)]
+    for path in bad_names:
+        del found[path]
+    diff = store.diff(found)
+    report = IndexReport(unchanged=len(diff.unchanged))
+    if prune and diff.removed:
+        store.remove(diff.removed)
+        report.removed = len(diff.removed)
+    else:
+        report.missing = len(diff.removed)
+    todo = sorted(diff.new + diff.changed)
+    committer = _Committer(store, found, batch_size)
+    with _progress_bar(len(todo), progress) as bar:
+        try:
+            _encode_all(images_dir, todo, encoder, committer, bar, batch_size=batch_size, workers=workers)
+        finally:
+            committer.commit()  # also on Ctrl-C or an error: keep everything fully encoded
+    known_bad = {record.path: record.reason for record in store.skipped()}
+    skipped = {path: known_bad[path] for path in diff.skipped_unchanged}
+    skipped.update({record.path: record.reason for record in committer.skipped})
+    skipped.update({path: BAD_NAME for path in bad_names})
+    report.indexed = committer.images_committed
+    report.skipped = len(skipped)
+    report.skipped_files = [{"path": path, "reason": skipped[path]} for path in sorted(skipped)]
+    return report
+
+
+def _storable(relpath: str) -> bool:
+    try:
+        relpath.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in a file name (surrogate escapes)
+        return False
+    return True
+
+
+def _encode_all(images_dir: Path, todo: list[str], encoder: Any, committer: _Committer, bar: Any, *,
+                batch_size: int, workers: int) -> None:
+    spec = ModelInputSpec.from_meta(encoder.meta["preprocess"])
+    to_tensor = _Normaliser(encoder, spec)
+    if len(todo) <= batch_size:
+        workers = 0  # starting worker processes would cost more than decoding a batch here
+    decoded = _decode_in_order(images_dir, todo, spec, workers=workers, window=PREFETCH_BATCHES * batch_size)
+    with contextlib.closing(decoded):  # on Ctrl-C, stop the workers before committing
+        _encode_batches(decoded, encoder, to_tensor, committer, bar, batch_size=batch_size)
+
+
+def _encode_batches(decoded: Iterator[tuple[str, Decoded]], encoder: Any, to_tensor: _Normaliser,
+                    committer: _Committer, bar: Any, *, batch_size: int) -> None:
+    paths: list[str] = []
+    pixels: list[np.ndarray] = []
+    sizes: list[tuple[int, int]] = []
+
+    def flush() -> None:
+        embeddings = encoder.encode_pixels(to_tensor(pixels))
+        committer.add_images(paths, embeddings, sizes)
+        bar.update(len(paths))
+        paths.clear(), pixels.clear(), sizes.clear()
+
+    for relpath, result in decoded:
+        if isinstance(result, str):
+            committer.add_skipped(relpath, result)
+            bar.update(1)
+            bar.set_postfix(skipped=len(committer.skipped), refresh=False)
+            continue
+        paths.append(relpath)
+        pixels.append(result[0])
+        sizes.append(result[1])
+        if len(paths) == batch_size:
+            flush()
+    if paths:
+        flush()
+
+
+class _Normaliser:
+    """uint8 (H, W, 3) arrays from the workers -> the model's float batch (ToTensor + Normalize)."""
+
+    def __init__(self, encoder: Any, spec: ModelInputSpec) -> None:
+        preprocess = encoder.meta["preprocess"]
+        self.mean = torch.tensor(preprocess["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(preprocess["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.transform = None if spec.supported else encoder.preprocess
+
+    def __call__(self, pixels: list[np.ndarray]) -> torch.Tensor:
+        if self.transform is not None:  # a resize mode the workers do not reproduce: the model's own
+            return torch.stack([self.transform(Image.fromarray(array)) for array in pixels])
+        batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float().div(255)
+        return batch.sub_(self.mean).div_(self.std)
+
+
+class _Committer:
+    """Collects encoded images and skipped files; commits them on an adaptive cadence.
+
+    A commit rewrites the whole store, so it costs time proportional to the store's size. It happens
+    once at least `batch_size` files are pending and the time since the last commit is at least 10x
+    that commit's duration (commits take <= ~10% of the run), or once MAX_PENDING files are pending.
+    """
+
+    def __init__(self, store: EmbeddingStore, found: dict[str, tuple[int, int]], batch_size: int) -> None:
+        self.store = store
+        self.found = found
+        self.batch_size = batch_size
+        self.paths: list[str] = []
+        self.embeddings: list[np.ndarray] = []
+        self.widths: list[int] = []
+        self.heights: list[int] = []
+        self.pending_skipped: list[SkippedFile] = []
+        self.skipped: list[SkippedFile] = []
+        self.images_committed = 0
+        self.last_commit_end = time.perf_counter()
+        self.last_commit_seconds = 0.0
+
+    @property
+    def pending(self) -> int:
+        return len(self.paths) + len(self.pending_skipped)
+
+    def add_images(self, paths: list[str], embeddings: np.ndarray, sizes: list[tuple[int, int]]) -> None:
+        self.paths.extend(paths)
+        self.embeddings.append(np.asarray(embeddings, dtype=np.float32))
+        self.widths.extend(width for width, _ in sizes)
+        self.heights.extend(height for _, height in sizes)
+        self._maybe_commit()
+
+    def add_skipped(self, relpath: str, reason: str) -> None:
+        size, mtime_ns = self.found[relpath]
+        record = SkippedFile(relpath, reason, size, mtime_ns)
+        self.pending_skipped.append(record)
+        self.skipped.append(record)
+        self._maybe_commit()
+
+    def _maybe_commit(self) -> None:
+        if self.pending < self.batch_size:
+            return
+        since_last = time.perf_counter() - self.last_commit_end
+        if since_last * COMMIT_OVERHEAD >= self.last_commit_seconds or self.pending >= MAX_PENDING:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write everything pending to the store in one atomic commit."""
+        if not self.pending:
+            return
+        started = time.perf_counter()
+        with self.store.batch():
+            if self.paths:
+                stamps = [self.found[path] for path in self.paths]
+                self.store.add_images(self.paths, np.concatenate(self.embeddings),
+                                      sizes=[size for size, _ in stamps],
+                                      mtimes_ns=[mtime for _, mtime in stamps],
+                                      widths=self.widths, heights=self.heights)
+            if self.pending_skipped:
+                self.store.add_skipped(self.pending_skipped)
+        self.images_committed += len(self.paths)
+        self.paths, self.embeddings, self.widths, self.heights, self.pending_skipped = [], [], [], [], []
+        self.last_commit_end = time.perf_counter()
+        self.last_commit_seconds = self.last_commit_end - started
+
+
+def _decode_in_order(images_dir: Path, relpaths: list[str], spec: ModelInputSpec, *, workers: int,
+                     window: int, loader: Loader = load_model_inputs) -> Iterator[tuple[str, Decoded]]:
+    """(relpath, decoded) for each path, in order; at most `window` images are decoded ahead."""
+    if workers == 0:
+        for relpath in relpaths:
+            yield relpath, loader([str(images_dir / relpath)], spec)[0]
+        return
+    with _DecodePool(workers, spec, loader) as pool:
+        yield from pool.decode(images_dir, relpaths, window=window)
+
+
+class _DecodePool:
+    """Worker processes that decode chunks of files; survives a worker dying on a file."""
+
+    def __init__(self, workers: int, spec: ModelInputSpec, loader: Loader) -> None:
+        self.workers = workers
+        self.spec = spec
+        self.loader = loader
+        methods = multiprocessing.get_all_start_methods()
+        # Workers never import torch; forkserver/spawn keep them from inheriting the parent's threads.
+        self.context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        self.executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=init_decode_worker,
+                                   initargs=(Image.MAX_IMAGE_PIXELS,))
+
+    def __enter__(self) -> _DecodePool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, images_dir: Path, chunk: list[str]) -> Future:
+        return self.executor.submit(self.loader, [str(images_dir / path) for path in chunk], self.spec)
+
+    def decode(self, images_dir: Path, relpaths: list[str], *,
+               window: int) -> Iterator[tuple[str, Decoded]]:
+        chunk_size = max(1, min(8, window // (2 * self.workers)))
+        chunks = deque(relpaths[i:i + chunk_size] for i in range(0, len(relpaths), chunk_size))
+        in_flight: deque[tuple[list[str], Future]] = deque()
+        max_in_flight = max(1, window // chunk_size)
+        worked = False
+        while chunks or in_flight:
+            try:
+                while chunks and len(in_flight) < max_in_flight:
+                    in_flight.append((chunks[0], self._submit(images_dir, chunks[0])))
+                    chunks.popleft()
+                results = in_flight[0][1].result()
+            except BrokenProcessPool:
+                chunks.extendleft(reversed([chunk for chunk, _ in in_flight]))
+                in_flight.clear()
+                if not worked:  # no worker ever answered: they cannot start here
+                    yield from self._in_this_process(images_dir, chunks)
+                    return
+                self._restart()
+                yield from self._one_by_one(images_dir, chunks.popleft())
+                continue
+            worked = True
+            yield from zip(in_flight.popleft()[0], results, strict=True)
+
+    def _in_this_process(self, images_dir: Path, chunks: deque[list[str]]) -> Iterator[tuple[str, Decoded]]:
+        logger.warning("Image decoding worker processes could not start (a script that calls index_images "
+                       "needs an `if __name__ == '__main__':` guard); decoding in this process instead.")
+        for chunk in chunks:
+            yield from zip(chunk, self.loader([str(images_dir / path) for path in chunk], self.spec),
+                           strict=True)
+
+    def _one_by_one(self, images_dir: Path, chunk: list[str]) -> Iterator[tuple[str, Decoded]]:
+        """Decode a chunk that killed a worker file by file, to skip only the file that does it."""
+        for relpath in chunk:
+            try:
+                yield relpath, self._submit(images_dir, [relpath]).result()[0]
+            except BrokenProcessPool:
+                self._restart()
+                yield relpath, CRASHED
+
+    def _restart(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = self._start()
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="indexing", disable=not enabled or total == 0,
+                dynamic_ncols=True, smoothing=0.1)
