@@ -1,0 +1,210 @@
+"""The standalone app in a real browser: `clipwidgets app` (Voila) driven by headless Chromium.
+
+Runs in CI (CI=true), where .ci/run installs Debian's chromium; elsewhere it skips, saying why,
+when no browser is installed. Set CLIPWIDGETS_SCREENSHOT=path to keep a screenshot of the page.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clipwidgets.synthetic import make_photos
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+START_TIMEOUT_S = 120
+PAGE_TIMEOUT_MS = 120_000
+NUM_IMAGES = 30
+PER_PAGE = 24
+SECRET = "clipwidgets-secret-7f3a9c"
+
+
+def require_browser() -> None:
+    """Skip (outside CI) or fail (in CI) when Chromium or Playwright is missing."""
+    problem = None
+    if not CHROMIUM.exists():
+        problem = f"{CHROMIUM} is not installed (apt-get install -y chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "playwright for Python is not installed (pip install playwright)"
+    if problem is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the browser test, but {problem}.")
+    pytest.skip(f"no browser for the app test: {problem}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def non_loopback_address() -> str | None:
+    """This machine's outward-facing IPv4 address, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+@pytest.fixture(scope="module")
+def app_store(tmp_path_factory, tiny_encoder):
+    """A store of generated photos, a secret text file beside it and a JPEG outside its image root."""
+    from clipwidgets.indexing import index_images
+
+    root = tmp_path_factory.mktemp("app")
+    make_photos(root / "images", NUM_IMAGES, size=(320, 240))
+    index_images(root / "images", root / "photos.h5", tiny_encoder, progress=False)
+    (root / "secret.txt").write_text(SECRET)
+    make_photos(root / "outside", 1, prefix="outside")
+    return root
+
+
+@pytest.fixture(scope="module")
+def app_url(app_store):
+    """`clipwidgets app` on a free port of 127.0.0.1; stopped after the tests."""
+    require_browser()
+    port = free_port()
+    log = (app_store / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "clipwidgets.cli", "app", "--store", str(app_store / "photos.h5"),
+         "--model", "tiny", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=app_store, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (app_store / "server.log").read_text().count("clipwidgets app: open"):
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the app did not start:\n{(app_store / 'server.log').read_text()}")
+            time.sleep(0.25)
+        yield f"http://127.0.0.1:{port}/", port
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def fetch(port: int, path: str, *, hops: int = 3) -> tuple[int, bytes]:
+    """GET `path` exactly as written (no normalisation), following redirects on the same server."""
+    for _ in range(hops):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        location = response.getheader("Location")
+        if response.status in (301, 302, 303, 307, 308) and location and location.startswith("/"):
+            path = location
+            continue
+        return response.status, body
+    return response.status, body
+
+
+def card_names(page) -> list[str]:
+    return page.locator(".clipwidgets-card .clipwidgets-name").all_inner_texts()
+
+
+def test_search_and_more_like_this_in_a_real_browser(app_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = app_url
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url, timeout=PAGE_TIMEOUT_MS)
+            query = page.locator(".clipwidgets-panel input[type=text]").first
+            query.wait_for(timeout=PAGE_TIMEOUT_MS)
+            query.fill("a red ball on the grass")
+            query.press("Enter")
+            images = page.locator(".clipwidgets-card img")
+            page.wait_for_function(
+                "n => [...document.querySelectorAll('.clipwidgets-card img')]"
+                ".filter(img => img.complete && img.naturalWidth > 0).length === n",
+                arg=PER_PAGE, timeout=60_000)
+            assert images.count() == PER_PAGE
+            status = page.locator(".clipwidgets-panel").inner_text()
+            assert f"{NUM_IMAGES} results in" in status
+            before = card_names(page)
+            assert len(before) == PER_PAGE
+
+            third = before[2]
+            page.locator(".clipwidgets-card").nth(2).get_by_role("button", name="More like this").click()
+            page.wait_for_function(
+                "first => document.querySelector('.clipwidgets-card .clipwidgets-name')"
+                "?.textContent === first", arg=third, timeout=60_000)
+            after = card_names(page)
+            assert after != before and after[0] == third
+            page.get_by_text(f"(more like {third})").wait_for(timeout=30_000)
+
+            page.locator(".clipwidgets-card").first.get_by_role("button", name="open").click()
+            page.locator(".clipwidgets-detail img").wait_for(timeout=30_000)
+            assert str(Path("images") / third) in page.locator(".clipwidgets-detail").inner_text()
+            page.get_by_role("button", name="close").click()
+
+            page.screenshot(path=str(tmp_path / "app.png"), full_page=False)
+            if os.environ.get("CLIPWIDGETS_SCREENSHOT"):
+                shutil.copy(tmp_path / "app.png", os.environ["CLIPWIDGETS_SCREENSHOT"])
+            assert (tmp_path / "app.png").stat().st_size > 10_000
+        finally:
+            browser.close()
+
+
+@pytest.mark.parametrize("path", [
+    "/voila/files/../../../../../../etc/passwd",
+    "/voila/files/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/voila/files/etc/passwd",
+    "/voila/files/search_app.ipynb",
+    "/voila/files/photo_00000.jpg",
+    "/voila/static/../../../../../../etc/passwd",
+    "/voila/static/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/voila/templates/lab/static/../../../../../../../etc/passwd",
+    "/voila/labextensions/../../../../../../etc/passwd",
+    "/voila/api/themes/../../../../../../etc/passwd",
+    "/files/etc/passwd",
+    "/etc/passwd",
+    "/voila/render/etc/passwd",
+    "/voila/tree/",
+    "/api/contents/",
+])
+def test_no_route_serves_files(app_url, app_store, path):
+    _, port = app_url
+    relative_to_root = os.path.relpath(app_store, "/")
+    photo = (app_store / "outside" / "outside_00000.jpg").read_bytes()
+    photo_sample = photo[len(photo) // 2: len(photo) // 2 + 64]  # entropy-coded: unique to this file
+    for candidate in (path, path.replace("etc/passwd", f"{relative_to_root}/secret.txt"),
+                      path.replace("etc/passwd", f"{relative_to_root}/outside/outside_00000.jpg")):
+        status, body = fetch(port, candidate)
+        assert b"root:x:0:0" not in body and SECRET.encode() not in body, (candidate, status)
+        assert photo_sample not in body, (candidate, status)
+        assert status != 200 or b"<html" in body.lower(), (candidate, status)
+
+
+def test_the_app_listens_on_loopback_only(app_url):
+    _, port = app_url
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to try")
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        assert probe.connect_ex((address, port)) != 0
