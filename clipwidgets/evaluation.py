@@ -1,8 +1,8 @@
 """Retrieval quality of a store with captions: Recall@K, ranks, agreement with human judgments.
 
 Pure numpy on the embeddings a store already holds; no model is loaded. Ranks are 1-based and
-pessimistic on ties (an item scoring exactly as high as the right answer counts as ranked above it),
-so degenerate embeddings cannot score well by accident.
+pessimistic on ties (a wrong item scoring exactly as high as the right answer counts as ranked above
+it), so degenerate embeddings cannot score well by accident.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def text_to_image_ranks(text_embeddings: np.ndarray, image_embeddings: np.ndarra
 
 def image_to_text_ranks(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
                         text_image: Sequence[int]) -> np.ndarray:
-    """Rank (1-based) of each image's best-placed own text among all texts.
+    """Rank (1-based) of each image's best-placed own text among all texts (its other own texts
+    do not count against it).
 
     Every image needs at least one text linked to it (InvalidInputError names the first that has none).
     """
@@ -63,7 +64,7 @@ def image_to_text_ranks(image_embeddings: np.ndarray, text_embeddings: np.ndarra
         scores = images[start:stop] @ texts.T
         own = targets[None, :] == np.arange(start, stop)[:, None]
         best = np.where(own, scores, -np.inf).max(axis=1)
-        ranks[start:stop] = (scores >= best[:, None]).sum(axis=1)
+        ranks[start:stop] = 1 + ((scores >= best[:, None]) & ~own).sum(axis=1)
     return ranks
 
 
