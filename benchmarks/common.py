@@ -108,6 +108,20 @@ def random_vit_b32(precision: str = "fp32", *, device: str = "cpu", seed: int = 
                    device=device, precision=precision, meta=meta)
 
 
+def random_vit_b32_checkpoint(folder: str | Path = RESULTS_DIR / "cache") -> Path:
+    """A checkpoint file of random ViT-B/32 weights (written once), so `load_model(VIT_B32, path)`
+    runs the loading path of the released weights, transient memory included."""
+    import torch
+
+    path = Path(folder) / "vit-b-32-quickgelu-random.pt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        torch.save(random_vit_b32("fp32").model.state_dict(), partial)
+        partial.rename(path)
+    return path
+
+
 def benchmark_encoder(precision: str, *, quick: bool):
     """The encoder a benchmark measures: random ViT-B/32, or the offline `tiny` model in quick mode."""
     if quick:
@@ -131,7 +145,17 @@ def timeit(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> float
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (ru_maxrss)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    On Linux this is VmHWM, which starts afresh at exec; `ru_maxrss` is not used there because a
+    process started by fork+exec inherits its parent's peak in it.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
