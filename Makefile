@@ -29,6 +29,7 @@ test: $(STAMP)
 	bash scripts/ensure-chromium.sh
 	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
+	bash scripts/test-notebooks.sh
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
