@@ -50,6 +50,7 @@ class _ArchiveServer(ThreadingHTTPServer):
         self.files = files
         self.requests: list[tuple[str, str | None]] = []
         self.cut_after: dict[str, int] = {}
+        self.ignore_range = False
 
     @property
     def url(self) -> str:
@@ -65,6 +66,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         byte_range = self.headers.get("Range")
         self.server.requests.append((self.path, byte_range))
+        if self.server.ignore_range:
+            byte_range = None
         data = self.server.files.get(self.path.rsplit("/", 1)[-1])
         if data is None:
             self.send_error(404)
@@ -96,7 +99,7 @@ def archives(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def server(archives):
     httpd = _ArchiveServer({name: path.read_bytes() for name, path in archives.items()})
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield httpd
     httpd.shutdown()
@@ -148,6 +151,11 @@ def test_interrupted_transfer_resumes_with_a_range_request(tmp_path, server):
     server.cut_after[IMAGES_ARCHIVE] = 7_000
     assert _download(retried, server)["status"] == "downloaded"  # retries resume within one call
     assert server.requests_for(IMAGES_ARCHIVE)[-2:] == [None, "bytes=7000-"]
+
+    server.ignore_range, server.cut_after[IMAGES_ARCHIVE] = True, 6_000
+    restarted = tmp_path / "Restarted"
+    assert _download(restarted, server)["status"] == "downloaded"  # a server without Range: start over
+    assert server.requests_for(IMAGES_ARCHIVE)[-2:] == [None, "bytes=6000-"]
 
 
 def test_checksum_mismatch_deletes_the_file_and_says_so(tmp_path, server, archives):
