@@ -161,7 +161,12 @@ class SearchPanel(widgets.VBox):
         return self.results_text()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
-        bundle = super()._repr_mimebundle_(**kwargs)
+        """The widget view plus the full `results_text()` (ipywidgets 8 would cut it at 110 characters).
+
+        ipywidgets 7 displays widgets through `_ipython_display_` instead, with a shortened repr.
+        """
+        parent = getattr(super(), "_repr_mimebundle_", None)
+        bundle = parent(**kwargs) if parent is not None else {}
         bundle["text/plain"] = self.results_text()
         return bundle
 

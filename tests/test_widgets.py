@@ -179,7 +179,8 @@ def test_results_text_is_deterministic_and_is_the_repr(store, tiny_encoder):
     assert repr(panel) == texts[1]
     bundle = panel._repr_mimebundle_()
     assert bundle["text/plain"] == texts[1]
-    assert "application/vnd.jupyter.widget-view+json" in bundle
+    if int(widgets.__version__.split(".")[0]) >= 8:  # ipywidgets 7 displays through _ipython_display_
+        assert "application/vnd.jupyter.widget-view+json" in bundle
 
 
 def test_thumbnails_are_made_once_then_served_from_memory(store, tiny_encoder):
