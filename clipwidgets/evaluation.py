@@ -19,7 +19,7 @@ from .errors import InvalidInputError
 
 KS = (1, 5, 10)
 ALL_IMAGES = "all"
-_BLOCK = 1024
+_BLOCK_ELEMENTS = 8_000_000  # similarity entries computed at once (32 MB of float32)
 # Published figures for ViT-B/32 with OpenAI's weights (docs/flickr8k.md gives the sources).
 ANCHORS = {
     "Flickr8k test R@5 text->image (CLIP_benchmark)": 80.5,
@@ -37,8 +37,9 @@ def text_to_image_ranks(text_embeddings: np.ndarray, image_embeddings: np.ndarra
     texts, images = _float32(text_embeddings), _float32(image_embeddings)
     targets = _targets(text_image, len(texts), len(images))
     ranks = np.empty(len(texts), dtype=np.int64)
-    for start in range(0, len(texts), _BLOCK):
-        stop = min(start + _BLOCK, len(texts))
+    block = _rows_per_block(len(images))
+    for start in range(0, len(texts), block):
+        stop = min(start + block, len(texts))
         scores = texts[start:stop] @ images.T
         right = scores[np.arange(stop - start), targets[start:stop]]
         ranks[start:stop] = (scores >= right[:, None]).sum(axis=1)
@@ -59,8 +60,9 @@ def image_to_text_ranks(image_embeddings: np.ndarray, text_embeddings: np.ndarra
         raise InvalidInputError(f"Image {int(uncaptioned[0])} has no text linked to it "
                                 f"({uncaptioned.size} such images); image-to-text ranks need one.")
     ranks = np.empty(len(images), dtype=np.int64)
-    for start in range(0, len(images), _BLOCK):
-        stop = min(start + _BLOCK, len(images))
+    block = _rows_per_block(len(texts))
+    for start in range(0, len(images), block):
+        stop = min(start + block, len(images))
         scores = images[start:stop] @ texts.T
         own = targets[None, :] == np.arange(start, stop)[:, None]
         best = np.where(own, scores, -np.inf).max(axis=1)
@@ -91,7 +93,7 @@ def kendall_tau_c(x: Sequence[float], y: Sequence[float]) -> float:
     if m < 2:
         return math.nan
     twice_s = 0.0  # every unordered pair is counted twice over the full matrix
-    block = max(1, 2_000_000 // max(n, 1))
+    block = _rows_per_block(n) // 4
     for start in range(0, n, block):
         dx = np.sign(x[start:start + block, None] - x[None, :])
         dy = np.sign(y[start:start + block, None] - y[None, :])
@@ -308,6 +310,10 @@ def _targets(text_image: Sequence[int], texts: int, images: int) -> np.ndarray:
         raise InvalidInputError(f"Image links must lie in 0..{images - 1}; "
                                 f"got {targets.min()}..{targets.max()}.")
     return targets
+
+
+def _rows_per_block(columns: int) -> int:
+    return max(4, _BLOCK_ELEMENTS // max(columns, 1))
 
 
 def _float32(array: np.ndarray) -> np.ndarray:

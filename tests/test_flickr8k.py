@@ -26,7 +26,7 @@ from clipwidgets.datasets import (
     make_flickr8k_archives,
     make_flickr8k_like,
 )
-from clipwidgets.datasets.download import sha256_of
+from clipwidgets.datasets.download import download_file, sha256_of
 from clipwidgets.datasets.flickr8k import (
     IMAGES_ARCHIVE,
     TEXT_ARCHIVE,
@@ -181,6 +181,15 @@ def test_recorded_checksums_are_enforced_and_damage_is_repaired(tmp_path, server
     server.files[IMAGES_ARCHIVE] = other[IMAGES_ARCHIVE].read_bytes()  # the server's file changed
     with pytest.raises(DatasetError, match="Checksum mismatch"):
         _download(data, server)
+
+
+def test_too_little_disk_space_is_refused_before_writing(tmp_path, server):
+    target = tmp_path / "dl" / IMAGES_ARCHIVE
+    with pytest.raises(DatasetError, match="Not enough free disk space .* need about"):
+        download_file(f"{server.url}/{IMAGES_ARCHIVE}", target, space_factor=1e12, progress=False)
+    assert not list(target.parent.iterdir())
+    digest = download_file(f"{server.url}/{IMAGES_ARCHIVE}", target, progress=False)
+    assert digest == sha256_of(target) and target.stat().st_size == len(server.files[IMAGES_ARCHIVE])
 
 
 def test_offline_error_names_both_urls_and_the_manual_route(tmp_path):
