@@ -1,0 +1,99 @@
+"""The optional approximate index: build, freshness, automatic use above a threshold, filters."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipwidgets.ann import build_ann_index, index_paths, load_ann_index
+from clipwidgets.errors import InvalidInputError
+from clipwidgets.search import Searcher
+from clipwidgets.store import EmbeddingStore
+
+pytest.importorskip("faiss")
+
+DIM = 64
+
+
+def clustered(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Unit vectors around 50 centres, like embeddings of a photo collection."""
+    centres = rng.standard_normal((50, DIM))
+    rows = centres[rng.integers(0, 50, count)] + 0.5 * rng.standard_normal((count, DIM))
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def ann_store(tmp_path_factory, tiny_encoder):
+    path = tmp_path_factory.mktemp("ann") / "ann.h5"
+    vectors = clustered(np.random.default_rng(0), 4000)
+    with EmbeddingStore.create(path, tiny_encoder.meta, path.parent) as store:
+        store.add_images([f"r/{i:05d}.jpg" for i in range(4000)], vectors, sizes=[1] * 4000,
+                         mtimes_ns=[1] * 4000, widths=[8] * 4000, heights=[8] * 4000)
+        build_ann_index(store)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_index_finds_the_exact_top_10(ann_store, tmp_path, kind):
+    path = ann_store
+    if kind != "hnsw":
+        path = Path(shutil.copy(ann_store, tmp_path / "ivf.h5"))
+        with EmbeddingStore.open(path) as store:
+            build_ann_index(store, kind=kind)
+    queries = clustered(np.random.default_rng(1), 20)
+    with Searcher(path, ann="always") as approximate, Searcher(path, ann="never") as exact:
+        assert approximate.backend == "ann" and exact.backend == "exact"
+        found = 0
+        for query in queries:
+            fast = approximate.search(query, k=10)
+            truth = exact.search(query, k=10)
+            assert fast.backend == "ann"
+            found += len({h.index for h in fast} & {h.index for h in truth})
+            for hit in fast:  # scores are exact even when the candidates came from the index
+                expected = exact.exact_scores(query, np.array([hit.index]))[0]
+                assert hit.score == pytest.approx(expected, abs=1e-12)
+        assert found / (10 * len(queries)) >= 0.95
+
+
+def test_index_is_used_automatically_only_above_the_threshold(ann_store):
+    with Searcher(ann_store) as default:
+        assert default.backend == "exact" and "ann_threshold" in default.ann_note
+    with Searcher(ann_store, ann_threshold=1000) as auto:
+        assert auto.backend == "ann"
+
+
+def test_filters_with_the_index_fall_back_to_exact_when_too_few_survive(ann_store):
+    query = clustered(np.random.default_rng(2), 1)[0]
+    with Searcher(ann_store, ann="always") as approximate, Searcher(ann_store, ann="never") as exact:
+        few = ["r/00007.jpg", "r/03999.jpg", "r/01234.jpg"]
+        assert approximate.search(query, k=3, subset=few).hits == exact.search(query, k=3, subset=few).hits
+        prefix = approximate.search(query, k=5, path_glob="r/01")
+        assert all(h.path.startswith("r/01") for h in prefix) and len(prefix) == 5
+
+
+def test_a_stale_index_is_ignored(tmp_path, tiny_encoder):
+    path = tmp_path / "stale.h5"
+    rng = np.random.default_rng(3)
+    with EmbeddingStore.create(path, tiny_encoder.meta, tmp_path) as store:
+        store.add_images([f"r/{i}.jpg" for i in range(100)], clustered(rng, 100), sizes=[1] * 100,
+                         mtimes_ns=[1] * 100, widths=[8] * 100, heights=[8] * 100)
+        written = build_ann_index(store)
+    assert written == index_paths(EmbeddingStore.open(path))[0] and written.name == "stale.h5.faiss"
+    with EmbeddingStore.open(path, "a") as store:
+        store.add_images(["r/new.jpg"], clustered(rng, 1), sizes=[1], mtimes_ns=[1], widths=[8], heights=[8])
+    with EmbeddingStore.open(path) as store:
+        assert load_ann_index(store) is None
+    with Searcher(path, ann_threshold=10) as searcher:
+        assert searcher.backend == "exact" and "predates" in searcher.ann_note
+    with pytest.raises(InvalidInputError, match="ann='always' but .*predates"):
+        Searcher(path, ann="always")
+
+
+def test_bad_index_kind(ann_store):
+    store = EmbeddingStore.open(ann_store)
+    with pytest.raises(InvalidInputError, match="Unknown index kind"):
+        build_ann_index(store, kind="lsh")
+    store.close()
