@@ -330,14 +330,23 @@ class _DecodePool:
             except BrokenProcessPool:
                 chunks.extendleft(reversed([chunk for chunk, _ in in_flight]))
                 in_flight.clear()
-                if not worked:  # no worker ever answered: they cannot start here
+                self._restart()
+                if not worked and not self._workers_start():
                     yield from self._in_this_process(images_dir, chunks)
                     return
-                self._restart()
+                worked = True
                 yield from self._one_by_one(images_dir, chunks.popleft())
                 continue
             worked = True
             yield from zip(in_flight.popleft()[0], results, strict=True)
+
+    def _workers_start(self) -> bool:
+        """True when a fresh worker can run an empty task (so a failure came from a file)."""
+        try:
+            self.executor.submit(self.loader, [], self.spec).result()
+        except BrokenProcessPool:
+            return False
+        return True
 
     def _in_this_process(self, images_dir: Path, chunks: deque[list[str]]) -> Iterator[tuple[str, Decoded]]:
         logger.warning("Image decoding worker processes could not start (a script that calls index_images "

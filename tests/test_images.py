@@ -8,11 +8,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import pytest
-import torch
 from PIL import Image
-from torchvision.transforms import ToTensor
 
 from clipwidgets.errors import ImageDecodeError
 from clipwidgets.images import (
@@ -25,6 +22,16 @@ from clipwidgets.images import (
 from clipwidgets.synthetic import make_photo
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
+
+
+def crash_on_marked_files(paths, spec):
+    """A decode function for worker processes that dies, like a segfaulting decoder, on files named `*crash*`.
+
+    It lives here because this module imports no torch, so worker processes start fast.
+    """
+    if any("crash" in Path(path).name for path in paths):
+        os._exit(1)
+    return load_model_inputs(paths, spec)
 
 
 def _jpeg_bytes(image: Image.Image, **options) -> bytes:
@@ -217,13 +224,18 @@ def test_scan_images_follows_symlinked_folders_once(tmp_path):
     assert list(scan_images(root)) == ["link/x.png"]
 
 
-def _normalised(pixels: np.ndarray, mean, std) -> torch.Tensor:
+def _normalised(pixels: np.ndarray, mean, std):
+    import torch
+    from torchvision.transforms import ToTensor
+
     tensor = ToTensor()(np.array(pixels))
     return (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 @pytest.mark.parametrize("size", [(500, 375), (375, 500), (90, 100), (1200, 60), (224, 224)])
 def test_worker_preprocessing_matches_open_clip(tmp_path, tiny_encoder, size):
+    import open_clip
+
     path = tmp_path / "photo.png"  # PNG: no JPEG draft, so both sides see the same pixels
     make_photo(4, size).save(path)
     configs = [(tiny_encoder.meta["preprocess"], tiny_encoder.preprocess),
