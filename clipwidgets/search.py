@@ -154,8 +154,7 @@ class Searcher:
             raise InvalidInputError(f"Unknown ann mode {ann!r}: use one of {', '.join(ANN_MODES)}.")
         self._owns_store = not isinstance(store, EmbeddingStore)
         self.store = EmbeddingStore.open(store) if self._owns_store else store
-        if encoder is not None:
-            self.store.check_model(encoder.meta)
+        self._encoder = None
         self.encoder = encoder
         self._ann_mode, self._ann_threshold = ann, ann_threshold
         self._text_cache: _LRU = _LRU(cache_size)
@@ -184,6 +183,17 @@ class Searcher:
     def __repr__(self) -> str:
         return (f"Searcher({self.store!r}, images={self.num_images}, captions={self._caption_rows.size}, "
                 f"backend={self.backend!r}, encoder={'yes' if self.encoder is not None else 'none'})")
+
+    @property
+    def encoder(self) -> Any:
+        """The model for text and image queries (None: vector and more-like-this queries only)."""
+        return self._encoder
+
+    @encoder.setter
+    def encoder(self, encoder: Any) -> None:
+        if encoder is not None:
+            self.store.check_model(encoder.meta)
+        self._encoder = encoder
 
     @property
     def num_images(self) -> int:
@@ -748,7 +758,5 @@ def search(store_path: str | os.PathLike[str], query: Any, *, k: int = 10, model
             meta = searcher.store.model_meta
             name = model or meta["name"]
             weights = pretrained or (meta["pretrained"] if model is None else None)
-            encoder = load_model(name, weights) if weights is not None else load_model(name)
-            searcher.store.check_model(encoder.meta)
-            searcher.encoder = encoder
+            searcher.encoder = load_model(name, weights) if weights is not None else load_model(name)
         return searcher.search(query, k=k, **options)
