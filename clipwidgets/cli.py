@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.set_defaults(run=_run_index)
 
     _add_flickr8k_parsers(sub)
+    _add_search_parser(sub)
 
     return parser
 
@@ -267,6 +268,65 @@ def _run_flickr8k_evaluate(args: argparse.Namespace) -> int:
               f"{failure.ground_truth_rank} (cosine {failure.ground_truth_score:.3f}); retrieved:")
         for path, score in failure.retrieved:
             print(f"  {score:.3f}  {path}")
+    return 0
+
+
+def _add_search_parser(sub: Any) -> None:
+    search = sub.add_parser("search", help="rank the images of a store for a text, image or similar image",
+                            description="QUERY uses the query algebra: '2:beach + sunset - people' "
+                            "(a + or - after a space is an operator; W:text weights a part).")
+    search.add_argument("query", nargs="?", metavar="QUERY", help="text to search for (optional with "
+                        "--image or --like)")
+    search.add_argument("--store", required=True, metavar="STORE.h5")
+    search.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    search.add_argument("--offset", type=int, default=0, help="skip this many ranks (paging)")
+    search.add_argument("--image", metavar="PATH", help="any image file; with QUERY, both are combined")
+    search.add_argument("--like", metavar="PATH", help="an image of the store: more like this")
+    search.add_argument("--negative", metavar="TEXT", help="text to subtract, e.g. 'grass + people'")
+    search.add_argument("--min-score", type=float, help="drop results with a lower cosine score")
+    search.add_argument("--adaptive", action="store_true", help="stop at a clear gap in the scores")
+    search.add_argument("--dedup", type=float, nargs="?", const=0.95, metavar="COSINE",
+                        help="collapse near-duplicates (cosine >= COSINE, default 0.95)")
+    search.add_argument("--glob", metavar="PATTERN", help="only paths matching a glob or prefix")
+    search.add_argument("--subset", metavar="NAME", help="only a subset of the store, e.g. test")
+    search.add_argument("--caption-mode", choices=["images", "captions", "both"], default="images",
+                        help="score image embeddings, the images' captions, or both (default: images)")
+    _add_model_options(search)
+    search.add_argument("--json", action="store_true", help="print a JSON list of results")
+    search.set_defaults(run=_run_search)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .errors import InvalidInputError
+    from .query import parse_query
+    from .search import Searcher
+
+    if args.like and (args.query or args.image):
+        raise InvalidInputError("--like searches from an image of the store; give it without QUERY or "
+                                "--image (--negative still works).")
+    if not (args.query or args.image or args.like):
+        raise InvalidInputError("Nothing to search for: give QUERY text, --image PATH or --like PATH.")
+    options = {"k": args.k, "offset": args.offset, "negative": args.negative, "min_score": args.min_score,
+               "adaptive": args.adaptive, "dedup": args.dedup, "path_glob": args.glob,
+               "subset": args.subset, "target": args.caption_mode}
+    with Searcher(args.store) as searcher:
+        if args.query or args.image or args.negative:
+            searcher.encoder = _load_encoder(args, searcher.store.model_meta)  # checks the model
+        if args.like:
+            results = searcher.more_like(args.like, **options)
+        else:
+            parts = [(part.weight, part.text) for part in parse_query(args.query)] if args.query else []
+            query = parts + [(1.0, Path(args.image))] if args.image else args.query
+            results = searcher.search(query, **options)
+    if args.json:
+        _print_json(results.to_records())
+        return 0
+    for hit in results:
+        print(f"{hit.rank:>4}  {hit.score:.4f}  {hit.path}")
+    print(f"{len(results)} of {results.total} results for {results.query!r} in {results.elapsed_ms:.0f} ms",
+          file=sys.stderr)
     return 0
 
 
