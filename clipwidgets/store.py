@@ -164,6 +164,9 @@ class EmbeddingStore:
         if mode not in ("r", "a"):
             raise InvalidInputError(f"Unknown store mode {mode!r}: use 'r' to read or 'a' to write.")
         path = Path(path).absolute()
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder; give the path of a store file such as "
+                             f"{path / 'photos.h5'}.")
         if not path.is_file():
             raise StoreError(f"Store {path} does not exist. Build it with `clipwidgets index` "
                              "or EmbeddingStore.create().")
@@ -587,14 +590,17 @@ class EmbeddingStore:
             _write(tmp, self._attrs, contents)
             _fsync_path(tmp)
             os.replace(tmp, self.path)
-            _fsync_path(self.path.parent)
-        except OSError as error:
+        except BaseException as error:  # KeyboardInterrupt too: never leave the temp file behind
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if not isinstance(error, OSError):
+                raise
             reason = "the disk is full" if error.errno == errno.ENOSPC else str(error)
             raise StoreError(f"Could not save store {self.path}: {reason}. The file still holds its "
                              f"previous state ({len(self._contents.paths)} images)"
                              "; free space or fix permissions and retry.") from error
+        with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder; the rename is done
+            _fsync_path(self.path.parent)
         self._contents = contents
         self._signature = _signature(self.path)
 
@@ -868,11 +874,11 @@ def _replace_and_append(column: np.ndarray, existing: np.ndarray, values: np.nda
 
 
 def _finite_and_norms(rows: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: all values finite, and the L2 norm (float64); in chunks, so memory stays small."""
+    """Per row: all values finite, and the L2 norm; in float32 chunks, so memory stays small."""
     finite = np.empty(len(rows), dtype=bool)
-    norms = np.empty(len(rows), dtype=np.float64)
+    norms = np.empty(len(rows), dtype=np.float32)
     for start in range(0, len(rows), chunk):
-        block = rows[start:start + chunk].astype(np.float64)
+        block = rows[start:start + chunk].astype(np.float32)
         finite[start:start + chunk] = np.isfinite(block).all(axis=1)
         norms[start:start + chunk] = np.sqrt(np.einsum("ij,ij->i", block, block))
     return finite, norms

@@ -329,8 +329,10 @@ def test_not_a_store_random_bytes_truncated_and_newer_files(tmp_path, store):
             EmbeddingStore.create(path, META, tmp_path)
         assert file_bytes(path) == before
         assert not path.with_name(path.name + ".lock").exists()
-    with pytest.raises(StoreError, match="does not exist"):
+    with pytest.raises(StoreError, match="missing.h5 does not exist"):
         EmbeddingStore.open(tmp_path / "missing.h5")
+    with pytest.raises(StoreError, match="is a folder"):
+        EmbeddingStore.open(tmp_path)
 
 
 def test_damaged_store_is_refused(tmp_path, store):
@@ -353,11 +355,15 @@ def test_failed_commit_keeps_the_previous_file(store, monkeypatch, failure):
     add(store, ["a.jpg"])
     before = file_bytes(store.path)
 
-    def disk_full(*args, **kwargs):
+    def disk_full_while_writing(path, *args):
+        path.write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def disk_full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     if failure == "write":
-        monkeypatch.setattr(store_module, "_write", disk_full)
+        monkeypatch.setattr(store_module, "_write", disk_full_while_writing)
     else:
         monkeypatch.setattr(os, "replace", disk_full)
     with pytest.raises(StoreError, match=r"photos.h5: the disk is full.*\(1 images\)"):
@@ -367,6 +373,21 @@ def test_failed_commit_keeps_the_previous_file(store, monkeypatch, failure):
     monkeypatch.undo()
     add(store, ["c.jpg"])  # the writer is still usable after the failure
     assert EmbeddingStore.open(store.path).image_paths() == ["a.jpg", "c.jpg"]
+
+
+def test_interrupted_commit_leaves_no_temp_file(store, monkeypatch):
+    add(store, ["a.jpg"])
+    before = file_bytes(store.path)
+
+    def interrupted(path, *args):
+        path.write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_module, "_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        add(store, ["b.jpg"])
+    assert file_bytes(store.path) == before and store.image_paths() == ["a.jpg"]
+    assert [p.name for p in store.path.parent.iterdir() if ".tmp-" in p.name] == []
 
 
 def test_unwritable_location_is_refused(tmp_path, root):
