@@ -10,6 +10,10 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=${VENV:-.venv}/bin
+if [[ ! -x "$BIN/pytest" ]]; then
+    echo "error: $BIN/pytest not found; run \`make setup\` first (or set VENV to your virtual environment)." >&2
+    exit 2
+fi
 # The offline collection: keep in step with the committed outputs (change it, then run --update).
 N_IMAGES=60
 SEED=0
