@@ -78,30 +78,64 @@ def app_store(tmp_path_factory, tiny_encoder):
     return root
 
 
+def start_server(command: list[str], folder: Path, name: str) -> subprocess.Popen:
+    """Start a server whose output goes to `folder`/`name`.log."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_RUNTIME_DIR": str(folder / "runtime")}
+    with (folder / f"{name}.log").open("w") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=env)
+
+
+def wait_until(ready, server: subprocess.Popen, log: Path) -> None:
+    """Wait (bounded) until `ready()`; fail with the server's log when it exits or takes too long."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ready():
+        if server.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the server did not start:\n{log.read_text()}")
+        time.sleep(0.25)
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 @pytest.fixture(scope="module")
 def app_url(app_store):
     """`clipwidgets app` on a free port of 127.0.0.1; stopped after the tests."""
     require_browser()
     port = free_port()
-    log = (app_store / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "clipwidgets.cli", "app", "--store", str(app_store / "photos.h5"),
-         "--model", "tiny", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=app_store, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    server = start_server([sys.executable, "-m", "clipwidgets.cli", "app", "--store",
+                           str(app_store / "photos.h5"), "--model", "tiny", "--port", str(port)],
+                          app_store, "app")
+    log = app_store / "app.log"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not (app_store / "server.log").read_text().count("clipwidgets app: open"):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the app did not start:\n{(app_store / 'server.log').read_text()}")
-            time.sleep(0.25)
+        wait_until(lambda: "clipwidgets app: open" in log.read_text(), server, log)
         yield f"http://127.0.0.1:{port}/", port
     finally:
-        server.terminate()
+        stop(server)
+
+
+@pytest.fixture
+def browser_page():
+    """A headless Chromium page, 1280x900."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+            yield browser.new_page(viewport={"width": 1280, "height": 900})
+        finally:
+            browser.close()
 
 
 def fetch(port: int, path: str, *, hops: int = 3) -> tuple[int, bytes]:
@@ -124,50 +158,80 @@ def card_names(page) -> list[str]:
     return page.locator(".clipwidgets-card .clipwidgets-name").all_inner_texts()
 
 
-def test_search_and_more_like_this_in_a_real_browser(app_url, tmp_path):
-    from playwright.sync_api import sync_playwright
+def search_and_wait(page, text: str) -> list[str]:
+    """Type `text` in the panel's first text box, press Enter, wait for a page of loaded images."""
+    query = page.locator(".clipwidgets-panel input[type=text]").first
+    query.wait_for(timeout=PAGE_TIMEOUT_MS)
+    query.fill(text)
+    query.press("Enter")
+    page.wait_for_function(
+        "n => [...document.querySelectorAll('.clipwidgets-card img')]"
+        ".filter(img => img.complete && img.naturalWidth > 0).length === n",
+        arg=PER_PAGE, timeout=60_000)
+    assert page.locator(".clipwidgets-card img").count() == PER_PAGE
+    return card_names(page)
 
+
+def click_more_like_this(page, position: int) -> list[str]:
+    """Click a card's "More like this" and wait until that image leads the grid."""
+    name = card_names(page)[position]
+    page.locator(".clipwidgets-card").nth(position).get_by_role("button", name="More like this").click()
+    page.wait_for_function(
+        "first => document.querySelector('.clipwidgets-card .clipwidgets-name')?.textContent === first",
+        arg=name, timeout=60_000)
+    page.get_by_text(f"(more like {name})").wait_for(timeout=30_000)
+    return card_names(page)
+
+
+def test_search_and_more_like_this_in_voila(app_url, browser_page, tmp_path):
     url, _ = app_url
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(url, timeout=PAGE_TIMEOUT_MS)
-            query = page.locator(".clipwidgets-panel input[type=text]").first
-            query.wait_for(timeout=PAGE_TIMEOUT_MS)
-            query.fill("a red ball on the grass")
-            query.press("Enter")
-            images = page.locator(".clipwidgets-card img")
-            page.wait_for_function(
-                "n => [...document.querySelectorAll('.clipwidgets-card img')]"
-                ".filter(img => img.complete && img.naturalWidth > 0).length === n",
-                arg=PER_PAGE, timeout=60_000)
-            assert images.count() == PER_PAGE
-            status = page.locator(".clipwidgets-panel").inner_text()
-            assert f"{NUM_IMAGES} results in" in status
-            before = card_names(page)
-            assert len(before) == PER_PAGE
+    page = browser_page
+    page.goto(url, timeout=PAGE_TIMEOUT_MS)
+    before = search_and_wait(page, "a red ball on the grass")
+    assert len(before) == PER_PAGE
+    assert f"{NUM_IMAGES} results in" in page.locator(".clipwidgets-panel").inner_text()
 
-            third = before[2]
-            page.locator(".clipwidgets-card").nth(2).get_by_role("button", name="More like this").click()
-            page.wait_for_function(
-                "first => document.querySelector('.clipwidgets-card .clipwidgets-name')"
-                "?.textContent === first", arg=third, timeout=60_000)
-            after = card_names(page)
-            assert after != before and after[0] == third
-            page.get_by_text(f"(more like {third})").wait_for(timeout=30_000)
+    after = click_more_like_this(page, 2)
+    assert after != before and after[0] == before[2]
 
-            page.locator(".clipwidgets-card").first.get_by_role("button", name="open").click()
-            page.locator(".clipwidgets-detail img").wait_for(timeout=30_000)
-            assert str(Path("images") / third) in page.locator(".clipwidgets-detail").inner_text()
-            page.get_by_role("button", name="close").click()
+    page.locator(".clipwidgets-card").first.get_by_role("button", name="open").click()
+    page.locator(".clipwidgets-detail img").wait_for(timeout=30_000)
+    assert str(Path("images") / after[0]) in page.locator(".clipwidgets-detail").inner_text()
+    page.get_by_role("button", name="close").click()
 
-            page.screenshot(path=str(tmp_path / "app.png"), full_page=False)
-            if os.environ.get("CLIPWIDGETS_SCREENSHOT"):
-                shutil.copy(tmp_path / "app.png", os.environ["CLIPWIDGETS_SCREENSHOT"])
-            assert (tmp_path / "app.png").stat().st_size > 10_000
-        finally:
-            browser.close()
+    page.screenshot(path=str(tmp_path / "app.png"))
+    if os.environ.get("CLIPWIDGETS_SCREENSHOT"):
+        shutil.copy(tmp_path / "app.png", os.environ["CLIPWIDGETS_SCREENSHOT"])
+    assert (tmp_path / "app.png").stat().st_size > 10_000
+
+
+def test_the_panel_in_jupyterlab(app_store, browser_page, tmp_path):
+    """The same panel inside a JupyterLab notebook: run the cell, search, More like this."""
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}})
+    notebook.cells = [nbformat.v4.new_code_cell(
+        "from clipwidgets.model import load_model\nfrom clipwidgets.widgets import SearchPanel\n\n"
+        "SearchPanel('photos.h5', load_model('tiny'))")]
+    nbformat.write(notebook, app_store / "panel.ipynb")
+    port = free_port()
+    server = start_server([sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+                           f"--port={port}", "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=clip",
+                           f"--ServerApp.root_dir={app_store}", f"--LabApp.workspaces_dir={tmp_path}",
+                           f"--LabApp.user_settings_dir={tmp_path}"], app_store, "lab")
+    try:
+        wait_until(lambda: listening(port), server, app_store / "lab.log")
+        page = browser_page
+        page.goto(f"http://127.0.0.1:{port}/lab/tree/panel.ipynb?token=clip", timeout=PAGE_TIMEOUT_MS)
+        page.locator(".jp-Notebook .jp-Cell .cm-content").first.click(timeout=PAGE_TIMEOUT_MS)
+        page.keyboard.press("Shift+Enter")
+        before = search_and_wait(page, "a dog on the beach")
+        after = click_more_like_this(page, 5)
+        assert after != before and after[0] == before[5]
+        page.screenshot(path=str(tmp_path / "lab.png"))
+    finally:
+        stop(server)
 
 
 @pytest.mark.parametrize("path", [
