@@ -815,8 +815,6 @@ def _check_consistent(path: Path, attrs: dict[str, Any], c: _Contents) -> None:
         problems.append("text columns of different lengths")
     elif len(c.texts) and (c.text_image_index.min() < -1 or c.text_image_index.max() >= len(c.paths)):
         problems.append("texts linked to images that do not exist")
-    if len(c.row_of()) != len(c.paths):  # builds the path index readers need anyway
-        problems.append("duplicate image paths")
     if problems:
         raise StoreError(f"Store {path} is damaged: {'; '.join(problems)}. It was left untouched; rebuild "
                          "it with `clipwidgets index` into a new file.")

@@ -344,6 +344,13 @@ def test_damaged_store_is_refused(tmp_path, store):
         f["images/width"] = np.zeros(5, np.int32)
     with pytest.raises(StoreError, match="damaged.h5 is damaged: image columns"):
         EmbeddingStore.open(damaged)
+    dangling = tmp_path / "dangling.h5"
+    store.add_texts(["t"], unit_rows(1), image_index=[1])
+    dangling.write_bytes(file_bytes(store.path))
+    with h5py.File(dangling, "a") as f:
+        f["texts/image_index"][0] = 7
+    with pytest.raises(StoreError, match="dangling.h5 is damaged: texts linked to images that do not exist"):
+        EmbeddingStore.open(dangling, "a")
     with h5py.File(damaged, "a") as f:
         del f["texts"]
     with pytest.raises(StoreError, match="damaged.*KeyError"):
