@@ -197,12 +197,12 @@ def test_search_and_more_like_this_in_voila(app_url, browser_page, tmp_path):
     page.locator(".clipwidgets-card").first.get_by_role("button", name="open").click()
     page.locator(".clipwidgets-detail img").wait_for(timeout=30_000)
     assert str(Path("images") / after[0]) in page.locator(".clipwidgets-detail").inner_text()
-    page.get_by_role("button", name="close").click()
-
     page.screenshot(path=str(tmp_path / "app.png"))
     if os.environ.get("CLIPWIDGETS_SCREENSHOT"):
         shutil.copy(tmp_path / "app.png", os.environ["CLIPWIDGETS_SCREENSHOT"])
     assert (tmp_path / "app.png").stat().st_size > 10_000
+    page.get_by_role("button", name="close").click()
+    page.locator(".clipwidgets-detail img").wait_for(state="hidden", timeout=30_000)
 
 
 def test_the_panel_in_jupyterlab(app_store, browser_page, tmp_path):
