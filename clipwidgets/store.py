@@ -112,15 +112,15 @@ class _Contents:
 class EmbeddingStore:
     """Image and text embeddings of one collection, with the model and files they came from."""
 
-    def __init__(self, path: Path, mode: str, attrs: dict[str, Any], contents: _Contents,
-                 *, lock_fd: int | None = None) -> None:
+    def __init__(self, path: Path, mode: str, attrs: dict[str, Any], contents: _Contents, *,
+                 signature: tuple[int, int, int] | None, lock_fd: int | None = None) -> None:
         self.path = path
         self.mode = mode
         self._attrs = attrs
         self._contents = contents
         self._pending: _Contents | None = None
         self._lock_fd = lock_fd
-        self._signature = _signature(path)
+        self._signature = signature  # of the file as it was just before `contents` were read
         self.closed = False
 
     # ----- opening and closing -----
@@ -151,7 +151,7 @@ class EmbeddingStore:
                 "format_version": FORMAT_VERSION,
             }
             store = cls(path, "a", attrs, _Contents.empty(int(model_meta["embed_dim"]), dtype),
-                        lock_fd=lock_fd)
+                        signature=None, lock_fd=lock_fd)
             store._commit(store._contents)
         except BaseException:
             _unlock(lock_fd)
@@ -175,10 +175,11 @@ class EmbeddingStore:
             _open_checked(path).close()  # refuse a foreign or newer file before creating its lock file
             lock_fd = _lock(path)
         try:
+            signature = _signature(path)  # before reading: a commit in between shows up as a change
             attrs, contents = _read(path)
             if mode == "a":
                 _remove_stale_temp_files(path)
-            return cls(path, mode, attrs, contents, lock_fd=lock_fd)
+            return cls(path, mode, attrs, contents, signature=signature, lock_fd=lock_fd)
         except BaseException:
             _unlock(lock_fd)
             raise
