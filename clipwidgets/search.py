@@ -46,6 +46,7 @@ ADAPTIVE_MIN_GAP = 0.01
 # rounded by at most 2**-12 for |score| < 1, float32 accumulation adds ~D * 2**-24; 1e-3 is generous.
 _KERNEL_EPS = 1e-3
 _BATCH_EPS = 1e-4  # float32 batch kernel: no float16 rounding of queries or results
+_EXACT_ROWS = 1 << 16  # rows widened to float64 at a time by the exact re-scoring
 _BATCH_ROWS = 4096  # rows per block of the batch kernel (block + result stay in cache)
 _BATCH_CELLS = 1 << 26  # scores held at once by the batch kernel (256 MB of float32)
 _MASK_CACHE = 16
@@ -311,7 +312,7 @@ class Searcher:
             chunk = encoded[first:first + group]
             scores = self._batch_scores(np.stack([vector for vector, _ in chunk]))
             for row, (vector, description) in enumerate(chunk):
-                approx = (scores[row], _BATCH_EPS)
+                approx = (scores[row], _BATCH_EPS + self._dim * 2.0**-23 + self._matrix_eps)
                 results.append(self._search_vector(vector, description, start, approx=approx, **options))
         return results
 
@@ -514,7 +515,7 @@ class Searcher:
         """float64 scores of store rows `rows` for the unit vector `vector`, from the stored values."""
         query = np.asarray(vector, dtype=np.float64)
         rows = np.asarray(rows, dtype=np.int64)
-        images = self._images_np[rows].astype(np.float64) @ query if target != "captions" else None
+        images = _dot64(self._images_np, rows, query) if target != "captions" else None
         if target == "images":
             return images
         best = np.full(len(rows), -math.inf)
@@ -524,7 +525,7 @@ class Searcher:
             counts = self._caption_count[owners]
             firsts = np.cumsum(counts) - counts
             positions = np.repeat(self._caption_start[owners] - firsts, counts) + np.arange(counts.sum())
-            scores = self._texts_np[self._caption_rows[positions]].astype(np.float64) @ query
+            scores = _dot64(self._texts_np, self._caption_rows[positions], query)
             best[has] = np.maximum.reduceat(scores, firsts)
         if target == "captions":
             return best
@@ -686,6 +687,15 @@ def _collapse(ranked: Any, matrix: np.ndarray, rows: np.ndarray, values: np.ndar
             return rows[keep], values[keep]
         depth *= 4
         rows, values = ranked(depth)
+
+
+def _dot64(matrix: np.ndarray, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """float64 dot products of matrix[rows] with `query`, a block of rows at a time."""
+    out = np.empty(len(rows))
+    for first in range(0, len(rows), _EXACT_ROWS):
+        block = rows[first:first + _EXACT_ROWS]
+        out[first:first + len(block)] = matrix[block].astype(np.float64) @ query
+    return out
 
 
 def _matrix_vector(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:

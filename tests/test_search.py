@@ -164,6 +164,24 @@ def test_ranking_is_exact_where_16_bit_scores_tie(tmp_path, tiny_encoder):
             np.testing.assert_allclose([h.score for h in results], scores[offset:offset + 40], atol=1e-12)
 
 
+def test_float32_store_ranks_exactly_too(tmp_path, tiny_encoder):
+    rng = np.random.default_rng(12)
+    base = unit_rows(rng, 1)[0]
+    rows = base + rng.standard_normal((1500, DIM)).astype(np.float32) * 1e-3  # finer than float16
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    with EmbeddingStore.create(tmp_path / "f32.h5", tiny_encoder.meta, tmp_path, dtype="float32") as store:
+        store.add_images([f"{i}.jpg" for i in range(1500)], rows, sizes=[1] * 1500, mtimes_ns=[1] * 1500,
+                         widths=[1] * 1500, heights=[1] * 1500)
+    with Searcher(tmp_path / "f32.h5") as searcher:
+        matrix = searcher.store.image_embeddings()
+        assert matrix.dtype == np.float32
+        query = searcher.query_vector(base)[0]
+        expected, scores = reference_ranking(matrix, query)
+        for results in (searcher.search(base, k=100), searcher.search_many([base], k=100)[0]):
+            assert [hit.index for hit in results] == expected[:100].tolist()
+            np.testing.assert_allclose([h.score for h in results], scores[:100], atol=1e-12)
+
+
 def test_filtered_and_caption_rankings_equal_float64_references(vectors_searcher):
     store = vectors_searcher.store
     query = unit_rows(np.random.default_rng(11), 1)[0]
