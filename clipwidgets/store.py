@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import json
 import os
 import re
@@ -27,6 +26,11 @@ import numpy as np
 
 from . import __version__
 from .errors import InvalidInputError, ModelMismatchError, StoreError
+
+if os.name == "nt":  # the writer lock: msvcrt on Windows (untested there), flock elsewhere
+    import msvcrt
+else:
+    import fcntl
 
 FORMAT_NAME = "clipwidgets.store"
 FORMAT_VERSION = 1
@@ -956,7 +960,7 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 
 def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR)
     try:
         os.fsync(fd)
     finally:
@@ -972,8 +976,11 @@ def _lock(path: Path) -> int:
         raise StoreError(f"Cannot open the lock file {lock_path} of store {path}: {error}. "
                          "The folder must be writable to change the store.") from error
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        if os.name == "nt":
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):
         os.close(fd)
         raise StoreError(f"Another process is writing to {path} (it holds {lock_path}). Wait for it to "
                          "finish, or open the store read-only with mode='r'.") from None
@@ -982,7 +989,10 @@ def _lock(path: Path) -> int:
 
 def _unlock(fd: int | None) -> None:
     if fd is not None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        if os.name == "nt":
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 
