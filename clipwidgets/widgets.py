@@ -117,7 +117,12 @@ class SearchPanel(widgets.VBox):
         return self.results
 
     def show_detail(self, position: int) -> None:
-        """Show the detail view (large image, full path, captions, score) of the result at `position`."""
+        """Show the detail view (large image, full path, captions, score) of the result at `position`
+        on the page (counting from 0)."""
+        if not 0 <= position < len(self.results):
+            self.show_error(f"There is no result at position {position}: the page shows "
+                            f"{len(self.results)} results (positions 0 to {len(self.results) - 1}).")
+            return
         hit = self.results[position]
         try:
             path = self.searcher.store.abspath(hit.index)

@@ -165,6 +165,12 @@ def test_open_shows_large_image_path_and_captions_then_close(panel, store):
     assert panel.detail.layout.display == "none" and panel.detail_image.value == b""
 
 
+def test_show_detail_of_a_missing_position_explains_itself(panel):
+    panel.search("a photo")
+    panel.show_detail(12)
+    assert "no result at position 12" in panel.error and panel.detail.layout.display == "none"
+
+
 def test_results_text_is_deterministic_and_is_the_repr(store, tiny_encoder):
     texts = []
     for _ in range(2):
@@ -242,6 +248,15 @@ def test_deleted_original_is_reported_with_the_fix(tmp_path, tiny_encoder):
     panel = SearchPanel(store, tiny_encoder, per_page=12, disk_cache=False)
     panel.more_like(5)
     assert "photo_00005.jpg" in panel.status and "re-run indexing" in panel.status
+
+
+def test_more_like_a_path_outside_the_image_root_is_refused(panel, store):
+    """Nothing outside the store's images is ever read: the request is refused before any file access."""
+    (store.image_root.parent / "secret.txt").write_text("not an image")
+    for item in ("../secret.txt", str(store.image_root.parent / "secret.txt"), "not_indexed.jpg"):
+        assert panel.more_like(item) == [] and panel.grid.children == ()
+        assert panel.error and panel.status == panel.error
+    assert panel.thumbnails.stats.made == 0
 
 
 def test_empty_store_shows_a_message_instead_of_raising(tmp_path, tiny_encoder):
