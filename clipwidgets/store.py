@@ -9,6 +9,7 @@ snapshot at open and keep no file handle; `refresh()` picks up what a writer com
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import errno
 import json
@@ -677,7 +678,7 @@ def read_captions(path: str | os.PathLike[str]) -> tuple[list[str], list[str | N
             continue
         token = re.match(r"([^\t]+)#\d+\t(.*)", line)
         if csv_layout or token:
-            image, sep, text = line.partition(",") if csv_layout else (token[1], "\t", token[2])
+            image, sep, text = _csv_pair(line) if csv_layout else (token[1], "\t", token[2])
             if not sep or not image:
                 raise InvalidInputError(f"{path} line {number} is not `image,caption`: {line[:80]!r}.")
             nth = per_image[image] = per_image.get(image, -1) + 1
@@ -689,6 +690,14 @@ def read_captions(path: str | os.PathLike[str]) -> tuple[list[str], list[str | N
             images.append(None)
             sources.append(path.stem)
     return texts, images, sources
+
+
+def _csv_pair(line: str) -> tuple[str, str, str]:
+    """(image, ",", caption) of one `image,caption` line; quoted or not, commas in the caption kept."""
+    fields = next(csv.reader([line]))
+    if len(fields) < 2:
+        return line, "", ""
+    return fields[0], ",", ",".join(fields[1:])
 
 
 def scan_folder(images_dir: str | os.PathLike[str]) -> dict[str, tuple[int, int]]:

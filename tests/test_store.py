@@ -20,6 +20,7 @@ from clipwidgets.store import (
     SkippedFile,
     StoreDiff,
     import_npy,
+    read_captions,
 )
 
 DIM = 16
@@ -501,7 +502,7 @@ def test_cli_import_npy(tmp_path, tiny_encoder, capsys):
     np.save(tmp_path / "image_embeddings.npy", unit_rows(4, dim=tiny_encoder.dim) * 3)
     np.save(tmp_path / "text_embeddings.npy", unit_rows(3, 1, dim=tiny_encoder.dim))
     (tmp_path / "captions.txt").write_text(
-        f"image,caption\n{names[0]},a dog, running\n{names[0]},a brown dog\n{names[3]},a cat\n")
+        f'image,caption\n{names[0]},a dog, running\n{names[0]},"a brown dog"\n{names[3]},a cat\n')
     out = tmp_path / "store" / "seed.h5"
     argv = ["import-npy", str(folder), "--embeddings", str(tmp_path / "image_embeddings.npy"),
             "--text-embeddings", str(tmp_path / "text_embeddings.npy"),
@@ -512,6 +513,9 @@ def test_cli_import_npy(tmp_path, tiny_encoder, capsys):
     assert reader.model_meta == tiny_encoder.meta and reader.num_images == 4
     assert reader.captions(0) == ["a dog, running", "a brown dog"] and reader.captions(3) == ["a cat"]
     assert reader.text_sources() == ["captions#0", "captions#1", "captions#0"]
+    (tmp_path / "tokens.txt").write_text(f"{names[1]}#0\ta bird .\n{names[1]}#1\tbird on a wire\n")
+    assert read_captions(tmp_path / "tokens.txt") == (
+        ["a bird .", "bird on a wire"], [names[1]] * 2, ["tokens#0", "tokens#1"])
     assert main(argv) == 2  # never overwrites
     assert "already exists" in capsys.readouterr().err
     (tmp_path / "plain.txt").write_text("one\ntwo\n")
