@@ -96,7 +96,7 @@ def _decode(path: Path, draft_size: tuple[int, int] | None) -> tuple[Image.Image
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 full_size = image.size
-                if draft_size is not None and image.format == "JPEG":
+                if draft_size is not None and image.format in ("JPEG", "MPO"):  # MPO: phone JPEGs
                     image.draft("RGB", draft_size)
                 image.load()
                 orientation = _orientation(image)

@@ -179,6 +179,9 @@ def test_draft_decodes_big_jpegs_at_a_reduced_scale(tmp_path):
     path.write_bytes(_jpeg_bytes(make_photo(2, (2000, 1500))))
     assert load_image(path).size == (2000, 1500)
     assert load_image(path, draft_size=(224, 224)).size == (500, 375)  # 1/4: still >= 224 both ways
+    phone = tmp_path / "phone.jpg"  # phones write MPO: a JPEG with extra frames
+    make_photo(2, (2000, 1500)).save(phone, "MPO", save_all=True, append_images=[make_photo(3, (2000, 1500))])
+    assert load_image(phone, draft_size=(224, 224)).size == (500, 375)
 
 
 def test_make_thumbnail_returns_a_small_jpeg(tmp_path):
