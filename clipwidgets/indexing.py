@@ -178,7 +178,9 @@ def _encode_batches(decoded: Iterator[tuple[str, Decoded]], encoder: Any, to_ten
         embeddings = encoder.encode_pixels(to_tensor(pixels))
         committer.add_images(paths, embeddings, sizes)
         bar.update(len(paths))
-        paths.clear(), pixels.clear(), sizes.clear()
+        paths.clear()
+        pixels.clear()
+        sizes.clear()
 
     for relpath, result in decoded:
         if isinstance(result, str):
@@ -270,7 +272,8 @@ class _Committer:
                                       sizes=[size for size, _ in stamps],
                                       mtimes_ns=[mtime for _, mtime in stamps],
                                       widths=self.widths, heights=self.heights)
-            if self.pending_skipped:
+            if self.pending_skipped:  # a changed file that no longer decodes loses its old row
+                self.store.remove([record.path for record in self.pending_skipped])
                 self.store.add_skipped(self.pending_skipped)
         self.images_committed += len(self.paths)
         self.paths, self.embeddings, self.widths, self.heights, self.pending_skipped = [], [], [], [], []

@@ -141,6 +141,17 @@ def test_a_fixed_bad_file_is_indexed(collection, tmp_path, tiny_encoder):
         assert "bad/notes.jpg" not in {record.path for record in store.skipped()}
 
 
+def test_an_indexed_file_that_becomes_corrupt_leaves_the_store(photo_dir, tmp_path, tiny_encoder):
+    store_path = tmp_path / "store.h5"
+    index_images(photo_dir, store_path, tiny_encoder, workers=0, progress=False)
+    (photo_dir / "photo_00004.jpg").write_bytes(b"overwritten by a failed download")
+    report = index_images(photo_dir, store_path, tiny_encoder, workers=0, progress=False)
+    assert (report.indexed, report.unchanged, report.skipped) == (0, 11, 1)
+    with EmbeddingStore.open(store_path) as store:
+        assert "photo_00004.jpg" not in store.image_paths()
+        assert [record.path for record in store.skipped()] == ["photo_00004.jpg"]
+
+
 def test_prune_removes_entries_of_deleted_files(collection, tmp_path, tiny_encoder):
     root, good, bad = collection
     store_path = tmp_path / "store.h5"
