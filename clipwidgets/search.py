@@ -149,9 +149,11 @@ class Searcher:
 
     `store` is an EmbeddingStore or the path of one (opened read-only, closed by `close()`).
     `encoder` (clipwidgets.model.Encoder) is needed for text and image queries only; it must be the
-    model the store was built with. `ann`: "auto" uses the approximate index saved beside the store
-    (see clipwidgets.ann) when the store has at least `ann_threshold` images and the index is fresh,
-    "always" requires it, "never" always searches exactly.
+    model the store was built with. `cache_size`: how many text embeddings to keep, so repeated
+    texts skip the encoder. `ann`: "auto" uses the approximate index saved beside the store (see
+    clipwidgets.ann) when the store has at least `ann_threshold` images and the index is fresh,
+    "always" requires it, "never" always searches exactly; `backend` says which is in use and
+    `ann_note` why.
     """
 
     def __init__(self, store: EmbeddingStore | str | os.PathLike[str], encoder: Any = None, *,
@@ -161,10 +163,14 @@ class Searcher:
         self._owns_store = not isinstance(store, EmbeddingStore)
         self.store = EmbeddingStore.open(store) if self._owns_store else store
         self._encoder = None
-        self.encoder = encoder
         self._ann_mode, self._ann_threshold = ann, ann_threshold
         self._text_cache: _LRU = _LRU(cache_size)
-        self._load()
+        try:
+            self.encoder = encoder
+            self._load()
+        except BaseException:
+            self.close()
+            raise
 
     # ----- lifecycle -----
 
@@ -278,8 +284,8 @@ class Searcher:
     def more_like(self, item: int | str | os.PathLike[str], **options: Any) -> SearchResults:
         """Images like the store's image `item` (row, relative path, or path inside the image root).
 
-        The image itself is included and usually ranks first (score 1.0); pass exclude=[item] to drop
-        it. Takes the options of `search`; `negative` text needs an encoder.
+        The image itself is included and usually ranks first (score about 1.0); pass exclude=[item]
+        to drop it. Takes the options of `search`; `negative` text needs an encoder.
         """
         start = time.perf_counter()
         self._check_options(options.get("k", 10), options.get("offset", 0), options.get("min_score"),
