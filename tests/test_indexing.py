@@ -102,6 +102,18 @@ def test_worker_preprocessing_gives_the_encoders_embeddings(photo_dir, tmp_path,
     assert np.all(np.sum(stored * expected, axis=1) > 0.999)
 
 
+def test_batch_normalisation_is_the_encoders_exactly(tiny_encoder):
+    from PIL import Image
+
+    from clipwidgets.indexing import _Normaliser
+
+    spec = ModelInputSpec.from_meta(tiny_encoder.meta["preprocess"])
+    pixels = [np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8) for seed in range(3)]
+    batch = _Normaliser(tiny_encoder, spec)(pixels)
+    expected = np.stack([tiny_encoder.preprocess(Image.fromarray(array)).numpy() for array in pixels])
+    np.testing.assert_array_equal(batch.numpy(), expected)
+
+
 def test_second_run_encodes_nothing_and_does_not_retry_known_bad_files(collection, tmp_path, tiny_encoder):
     root, good, bad = collection
     store_path = tmp_path / "store.h5"
