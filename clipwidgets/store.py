@@ -599,9 +599,10 @@ class EmbeddingStore:
         except BaseException as error:  # KeyboardInterrupt too: never leave the temp file behind
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            if not isinstance(error, OSError):
+            if not isinstance(error, (OSError, RuntimeError)):  # h5py reports failed writes as either
                 raise
-            reason = "the disk is full" if error.errno == errno.ENOSPC else str(error)
+            disk_full = getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error)
+            reason = "the disk is full" if disk_full else str(error)
             raise StoreError(f"Could not save store {self.path}: {reason}. The file still holds its "
                              f"previous state ({len(self._contents.paths)} images)"
                              "; free space or fix permissions and retry.") from error

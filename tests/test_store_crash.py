@@ -134,3 +134,39 @@ def test_a_writer_in_another_process_is_refused(tmp_path):
         result = subprocess.run([sys.executable, "-c", code, str(store_path)], capture_output=True,
                                 text=True, env=env, timeout=60)
     assert result.returncode == 3 and "Another process is writing" in result.stdout
+
+
+def test_a_real_failed_write_keeps_the_previous_file(tmp_path):
+    """The OS refuses to grow the temp file (RLIMIT_FSIZE, like a full disk): the store stays as it was."""
+    store_path, root = tmp_path / "full.h5", tmp_path / "images"
+    root.mkdir()
+    start_writer(store_path, root, batches=2).communicate()
+    before = store_path.read_bytes()
+    code = textwrap.dedent(f"""
+        import resource, signal, sys
+        import numpy as np
+        from clipwidgets.errors import StoreError
+        from clipwidgets.store import EmbeddingStore
+
+        store = EmbeddingStore.open(sys.argv[1], "a")
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+        limit = len(open(sys.argv[1], "rb").read()) + 4096
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        rows = np.full((2000, {DIM}), {DIM} ** -0.5)
+        try:
+            store.add_images([f"big_{{i}}.jpg" for i in range(2000)], rows, sizes=[1] * 2000,
+                             mtimes_ns=[1] * 2000, widths=[1] * 2000, heights=[1] * 2000)
+        except StoreError as error:
+            print(error)
+            sys.exit(3)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code, str(store_path)], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "Could not save store" in result.stdout and "File too large" in result.stdout
+    assert str(store_path) in result.stdout and f"previous state ({2 * BATCH} images)" in result.stdout
+    assert store_path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    with EmbeddingStore.open(store_path) as reader:
+        assert assert_consistent(reader) == 2 * BATCH
