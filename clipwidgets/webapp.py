@@ -9,11 +9,13 @@ inside the store's image root.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .errors import ClipWidgetsError, InvalidInputError, StoreError
@@ -32,7 +34,7 @@ def voila_command(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> list
     """The command that serves the app notebook with Voila, every static-file route closed."""
     return [
         sys.executable, "-m", "voila", str(APP_NOTEBOOK),
-        f"--port={port}", f"--Voila.ip={host}", "--no-browser", "--theme=light",
+        f"--port={port}", f"--Voila.ip={host}", "--Voila.port_retries=0", "--no-browser", "--theme=light",
         # /voila/files/ would serve files next to the notebook: deny every path.
         "--VoilaConfiguration.file_denylist", ".*",
         "--VoilaConfiguration.show_tracebacks=False",
@@ -62,17 +64,18 @@ def serve(store: str | os.PathLike[str], *, model: str | None = None, pretrained
                                 "or pick another port with --port.")
     process = subprocess.Popen(voila_command(host=host, port=port),
                                env=app_environment(store, model=model, pretrained=pretrained))
+    restore_sigterm = _stop_on_sigterm()
     try:
         if not _wait_until_listening(process, host, port, ready_timeout):
-            process.terminate()
             raise ClipWidgetsError(f"Voila did not start on {host}:{port} within {ready_timeout:.0f} s "
                                    f"(exit status {process.poll()}); see its messages above.")
         print(f"clipwidgets app: open {app_url(host, port)}  (Ctrl+C stops it)", flush=True)
         return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        process.wait(timeout=30)
+    except (KeyboardInterrupt, _Stop):
         return 0
+    finally:
+        _stop(process)
+        restore_sigterm()
 
 
 def app_url(host: str, port: int) -> str:
@@ -151,6 +154,34 @@ def ensure_store(store: str | os.PathLike[str], *, images_dir: str | os.PathLike
 
         index_images(images_dir, store, encoder, progress=True)
     return store
+
+
+class _Stop(Exception):
+    """Raised in the main thread when the app receives SIGTERM."""
+
+
+def _stop_on_sigterm() -> Callable[[], None]:
+    """Turn SIGTERM into `_Stop` (so that Voila and its kernels are stopped too); returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Stop()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Ask Voila to stop (it shuts its kernels down), and kill it if it has not within `timeout`."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _has_images(folder: Path) -> bool:

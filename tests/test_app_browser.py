@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,7 @@ def app_url(app_store):
     log = app_store / "app.log"
     try:
         wait_until(lambda: "clipwidgets app: open" in log.read_text(), server, log)
-        yield f"http://127.0.0.1:{port}/", port
+        yield f"http://127.0.0.1:{port}/", port, server
     finally:
         stop(server)
 
@@ -184,7 +185,7 @@ def click_more_like_this(page, position: int) -> list[str]:
 
 
 def test_search_and_more_like_this_in_voila(app_url, browser_page, tmp_path):
-    url, _ = app_url
+    url, _, _ = app_url
     page = browser_page
     page.goto(url, timeout=PAGE_TIMEOUT_MS)
     before = search_and_wait(page, "a red ball on the grass")
@@ -252,7 +253,7 @@ def test_the_panel_in_jupyterlab(app_store, browser_page, tmp_path):
     "/api/contents/",
 ])
 def test_no_route_serves_files(app_url, app_store, path):
-    _, port = app_url
+    _, port, _ = app_url
     relative_to_root = os.path.relpath(app_store, "/")
     photo = (app_store / "outside" / "outside_00000.jpg").read_bytes()
     photo_sample = photo[len(photo) // 2: len(photo) // 2 + 64]  # entropy-coded: unique to this file
@@ -265,10 +266,25 @@ def test_no_route_serves_files(app_url, app_store, path):
 
 
 def test_the_app_listens_on_loopback_only(app_url):
-    _, port = app_url
+    _, port, _ = app_url
     address = non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback address to try")
     with socket.socket() as probe:
         probe.settimeout(2)
         assert probe.connect_ex((address, port)) != 0
+
+
+def test_stopping_the_app_stops_voila_and_its_kernels(app_url):
+    """SIGTERM to `clipwidgets app` (what a service manager or a test sends) leaves no process behind."""
+    import psutil
+
+    url, _, server = app_url
+    with urllib.request.urlopen(url, timeout=PAGE_TIMEOUT_MS / 1000) as response:  # starts a kernel
+        assert response.status == 200
+    children = psutil.Process(server.pid).children(recursive=True)
+    assert any("voila" in " ".join(child.cmdline()) for child in children)
+    server.terminate()
+    assert server.wait(timeout=60) == 0
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == []
