@@ -17,7 +17,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .errors import ClipWidgetsError, InvalidInputError
+from .errors import ClipWidgetsError, InvalidInputError, StoreError
 from .search import Searcher
 from .thumbnails import DEFAULT_SIDE, ThumbnailCache, disk_cache_dir, placeholder_jpeg
 
@@ -75,8 +75,11 @@ class SearchPanel(widgets.VBox):
             self.searcher = _as_searcher(store_or_searcher, encoder)
             store = self.searcher.store
             if self.thumbnails is None:
-                disk_dir = disk_cache_dir(store.path) if disk_cache and store.path else None
+                disk_dir = disk_cache_dir(store.path) if disk_cache else None
                 self.thumbnails = ThumbnailCache(store, disk_dir=disk_dir)
+            if store.num_images == 0:
+                raise StoreError(f"The store {store.path} has no images yet: index a folder first, e.g. "
+                                 f"`clipwidgets index IMAGES_DIR --store {store.path}`.")
             self._set_status(ready_text(store.num_images))
         except (ClipWidgetsError, OSError) as error:
             self.show_error(error)

@@ -262,8 +262,9 @@ def test_more_like_a_path_outside_the_image_root_is_refused(panel, store):
 def test_empty_store_shows_a_message_instead_of_raising(tmp_path, tiny_encoder):
     EmbeddingStore.create(tmp_path / "empty.h5", tiny_encoder.meta, tmp_path).close()
     panel = SearchPanel(EmbeddingStore.open(tmp_path / "empty.h5"), tiny_encoder)
+    assert "has no images yet" in panel.error and "clipwidgets index" in panel.status
     panel.search("a dog")
-    assert panel.error and panel.results == [] and panel.grid.children == ()
+    assert "has no images yet" in panel.error and panel.results == [] and panel.grid.children == ()
     assert panel.results_text().startswith("error: ")
     assert "color" in panel.status_line.value
 
