@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import io
 import re
+import socket
 
 import ipywidgets as widgets
 import pytest
 from PIL import Image
 
-from clipwidgets.errors import StoreError
+from clipwidgets.cli import main
+from clipwidgets.errors import InvalidInputError, StoreError
 from clipwidgets.store import EmbeddingStore
 from clipwidgets.synthetic import make_photos
 from clipwidgets.thumbnails import ThumbnailCache, disk_cache_dir, placeholder_jpeg
-from clipwidgets.webapp import ENV_MODEL, ENV_STORE, ensure_store, panel_from_env, voila_command
+from clipwidgets.webapp import ENV_MODEL, ENV_STORE, ensure_store, panel_from_env, serve, voila_command
 from clipwidgets.widgets import (
     CardText,
     SearchPanel,
@@ -330,9 +332,24 @@ def test_ensure_store_without_images_names_the_fix(tmp_path):
     assert not (tmp_path / "s.h5").exists()
 
 
+def test_app_command_explains_a_missing_store_without_images(tmp_path, capsys):
+    status = main(["app", "--store", str(tmp_path / "mine.h5"), "--images", str(tmp_path / "none")])
+    assert status == 2 and "holds no images" in capsys.readouterr().err
+    assert not (tmp_path / "mine.h5").exists()
+
+
+def test_app_refuses_a_port_in_use(store):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(InvalidInputError, match="already in use"):
+            serve(store.path, port=taken.getsockname()[1])
+
+
 def test_voila_command_closes_the_file_route_and_binds_locally():
     command = voila_command()
     assert "--Voila.ip=127.0.0.1" in command and "--port=7860" in command
+    assert "--Voila.port_retries=0" in command  # never serve silently on another port than printed
     assert command[command.index("--VoilaConfiguration.file_denylist") + 1] == ".*"
 
 
