@@ -47,7 +47,10 @@ ADAPTIVE_MIN_GAP = 0.01
 _KERNEL_EPS = 1e-3
 _BATCH_EPS = 1e-4  # float32 batch kernel: no float16 rounding of queries or results
 _EXACT_ROWS = 1 << 16  # rows widened to float64 at a time by the exact re-scoring
-_BATCH_ROWS = 4096  # rows per block of the batch kernel (block + result stay in cache)
+# The batch kernel widens blocks of this many rows to float32 for one matrix product each. It runs
+# on one thread: hundreds of short multi-threaded operations in a row stall whenever another process
+# holds a core (measured 4-6x slower than one thread on a busy 2-core machine).
+_BATCH_ROWS = 2048
 _BATCH_CELLS = 1 << 26  # scores held at once by the batch kernel (256 MB of float32)
 _MASK_CACHE = 16
 # Matrices up to this size are scored on one thread: a fraction of a millisecond either way, and
@@ -511,7 +514,7 @@ class Searcher:
         """Scores (B, N) in float32 for several queries: float16 blocks widened to float32, one GEMM each."""
         queries = torch.from_numpy(vectors)
         out = torch.empty((len(vectors), self.num_images), dtype=torch.float32)
-        with _kernel_threads(self._images):
+        with _one_thread():
             for first in range(0, self.num_images, _BATCH_ROWS):
                 block = self._images[first:first + _BATCH_ROWS].float()
                 out[:, first:first + _BATCH_ROWS] = queries @ block.T
@@ -706,15 +709,17 @@ def _dot64(matrix: np.ndarray, rows: np.ndarray, query: np.ndarray) -> np.ndarra
 
 def _matrix_vector(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
     """matrix @ vector in float16 (float32 accumulation); small matrices on one thread."""
-    with _kernel_threads(matrix):
+    if matrix.numel() * matrix.element_size() > _ONE_THREAD_BYTES:
+        return torch.mv(matrix, vector)
+    with _one_thread():
         return torch.mv(matrix, vector)
 
 
 @contextmanager
-def _kernel_threads(matrix: torch.Tensor) -> Iterator[None]:
-    """Run the block on one torch thread when `matrix` is small (see _ONE_THREAD_BYTES)."""
+def _one_thread() -> Iterator[None]:
+    """Run the block with torch's intra-op parallelism set to one thread."""
     threads = torch.get_num_threads()
-    if threads == 1 or matrix.numel() * matrix.element_size() > _ONE_THREAD_BYTES:
+    if threads == 1:
         yield
         return
     torch.set_num_threads(1)
