@@ -168,10 +168,10 @@ def current_rss_mb() -> float:
 
 
 class TreeMemorySampler:
-    """Samples the summed RSS of a process and all its descendants; `peak_mb` after the block.
+    """Samples the memory of a process and its descendants; `peak_mb` after the block.
 
-    Summing RSS counts pages shared between a parent and its forked workers more than once, so
-    this is an upper bound of the memory a process tree needs.
+    The figure is the root's RSS plus each descendant's USS (its private pages): a child that was just
+    forked shares its parent's pages until it execs, and counting its RSS would count them twice.
     """
 
     def __init__(self, pid: int | None = None, *, interval_s: float = 0.05) -> None:
@@ -188,7 +188,6 @@ class TreeMemorySampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._sample()
 
     def _sample_loop(self) -> None:
         while not self._stop.is_set():
@@ -200,14 +199,14 @@ class TreeMemorySampler:
 
         try:
             root = psutil.Process(self.pid)
-            processes = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
+            total = root.memory_info().rss
+            children = root.children(recursive=True)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             return
-        total = 0
-        for process in processes:
+        for child in children:
             try:
-                total += process.memory_info().rss
-            except psutil.NoSuchProcess:
+                total += child.memory_full_info().uss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         self.peak_mb = max(self.peak_mb, total / 2**20)
 
