@@ -441,7 +441,8 @@ class Searcher:
             raise InvalidInputError(f"k={k!r}: the number of results must be a positive integer.")
         if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
             raise InvalidInputError(f"offset={offset!r}: must be an integer >= 0 (the rank to start after).")
-        if min_score is not None and not (isinstance(min_score, (int, float)) and -1 <= min_score <= 1):
+        if min_score is not None and not (isinstance(min_score, (int, float, np.floating))
+                                          and -1 <= min_score <= 1):
             raise InvalidInputError(f"min_score={min_score!r}: a cosine score lies between -1 and 1.")
         if target not in TARGETS:
             raise InvalidInputError(f"target={target!r}: use one of {', '.join(TARGETS)}.")
@@ -461,7 +462,8 @@ class Searcher:
         self._require_images()
         if target != "images" and self._caption_rows.size == 0:
             raise InvalidInputError(f"target={target!r} needs captions but the store has none: use "
-                                    "target='images' or add captions (clipwidgets import-captions).")
+                                    "target='images', or add captions linked to the images "
+                                    "(EmbeddingStore.add_texts, `clipwidgets import-npy --captions`).")
         threshold = _dedup_threshold(dedup)
         allowed = self._allowed(path_glob, subset, exclude, target)
         candidates = self.num_images if allowed is None else int(allowed.sum())
