@@ -409,6 +409,17 @@ def test_refresh_sees_images_added_by_a_writer(tmp_path, tiny_encoder):
         assert growing.search(extra[0], k=1)[0].path == "r/new.jpg"
 
 
+def test_a_store_passed_in_stays_open(photo_store, tiny_encoder):
+    store = EmbeddingStore.open(photo_store)
+    with Searcher(store, tiny_encoder) as borrowed:
+        assert borrowed.store is store and len(borrowed.search("a photo", k=2)) == 2
+    assert not store.closed
+    store.close()
+    with Searcher(photo_store) as owned:
+        pass
+    assert owned.store.closed
+
+
 def test_one_line_search_loads_the_store_model(photo_store):
     results = search(photo_store, "a red photo", k=4)
     assert isinstance(results[0], Hit) and len(results) == 4
