@@ -759,18 +759,26 @@ def _write(path: Path, attrs: dict[str, Any], contents: _Contents) -> None:
             subsets.create_dataset(name, data=_strings(paths), dtype=_STRING)
 
 
+_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)  # what h5py raises on bad files
+
+
 def _open_checked(path: Path) -> h5py.File:
     """Open a store file for reading after checking it is an HDF5 clipwidgets store we can read."""
     try:
         f = h5py.File(path, "r", locking=False)
-    except OSError as error:
+    except _READ_ERRORS as error:
         raise StoreError(f"{path} is not a readable HDF5 file (truncated, corrupt, or another format): "
                          f"{error}. It was left untouched.") from error
-    if f.attrs.get("format_name") != FORMAT_NAME:
+    try:
+        name, version = f.attrs.get("format_name"), int(f.attrs.get("format_version", -1))
+    except _READ_ERRORS as error:
+        f.close()
+        raise StoreError(f"{path} is an HDF5 file with unreadable attributes (corrupt): {error}. "
+                         "It was left untouched.") from error
+    if name != FORMAT_NAME:
         f.close()
         raise StoreError(f"{path} is an HDF5 file but not a clipwidgets store (no format_name "
                          f"{FORMAT_NAME!r}). It was left untouched; choose another store path.")
-    version = int(f.attrs.get("format_version", -1))
     if version > FORMAT_VERSION:
         f.close()
         raise StoreError(f"{path} has store format version {version}, newer than this clipwidgets "
@@ -783,7 +791,7 @@ def _read(path: Path) -> tuple[dict[str, Any], _Contents]:
     with _open_checked(path) as f:
         try:
             attrs, contents = _read_contents(path, f, int(f.attrs["format_version"]))
-        except (KeyError, ValueError, TypeError, OSError) as error:
+        except _READ_ERRORS as error:
             raise StoreError(f"Store {path} is damaged ({type(error).__name__}: {error}). It was left "
                              "untouched; rebuild it with `clipwidgets index` into a new file.") from error
     _check_consistent(path, attrs, contents)
