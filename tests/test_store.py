@@ -336,6 +336,17 @@ def test_not_a_store_random_bytes_truncated_and_newer_files(tmp_path, store):
         EmbeddingStore.open(tmp_path)
 
 
+def test_store_truncated_anywhere_is_refused(tmp_path, store):
+    add(store, ["a.jpg", "b.jpg", "c.jpg"])
+    store.add_texts(["cap"], unit_rows(1), image_index=[0])
+    data = file_bytes(store.path)
+    cut_file = tmp_path / "cut.h5"
+    for cut in range(0, len(data), len(data) // 25):
+        cut_file.write_bytes(data[:cut])
+        with pytest.raises(StoreError, match="cut.h5"):
+            EmbeddingStore.open(cut_file)
+
+
 def test_damaged_store_is_refused(tmp_path, store):
     add(store, ["a.jpg", "b.jpg"])
     damaged = tmp_path / "damaged.h5"
