@@ -76,26 +76,25 @@ def assert_consistent(store: EmbeddingStore) -> int:
 
 
 def test_sigkill_at_random_moments_never_loses_or_tears_a_commit(tmp_path):
+    """25 writers, each killed after a random number of commits plus a random delay (mid-write mostly)."""
     store_path, root = tmp_path / "crash.h5", tmp_path / "images"
     root.mkdir()
     rng = random.Random(20261126)
     reported = 0
-    kills_after_a_commit = 0
     for _ in range(25):
         writer = start_writer(store_path, root, batches=10_000)
-        time.sleep(rng.uniform(0.0, 0.25))
+        for _ in range(rng.randint(0, 3)):  # wait for progress, not for a time: robust on a busy machine
+            reported = int(writer.stdout.readline())
+        time.sleep(rng.uniform(0.0, 0.05))
         writer.send_signal(signal.SIGKILL)
         output, _ = writer.communicate()
         assert writer.returncode == -signal.SIGKILL
-        counts = [int(line) for line in output.split()]
-        if counts:
-            reported = counts[-1]
-            kills_after_a_commit += 1
+        reported = max([reported, *(int(line) for line in output.split())])
         with EmbeddingStore.open(store_path) as reader:
             count = assert_consistent(reader)
         assert reported <= count <= reported + BATCH  # at most the one commit that was not yet printed
         reported = count
-    assert kills_after_a_commit >= 10 and reported > 0
+    assert reported >= 25 * BATCH  # 0-3 commits per writer, 1.5 on average
     EmbeddingStore.open(store_path, "a").close()  # a writer removes what killed writers left
     leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
     assert leftovers == []
