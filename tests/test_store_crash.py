@@ -21,7 +21,8 @@ META = {"name": "tiny", "pretrained": "random-seed-0", "embed_dim": DIM}
 REPO = Path(__file__).resolve().parents[1]
 
 # A writer that appends batches of BATCH images (+ one caption each) and prints the image count after
-# every commit. Row i's vector and path depend only on i, so any committed state can be checked.
+# every commit (in "step" mode only after reading a line from stdin). Row i's vector and path depend
+# only on i, so any committed state can be checked.
 WRITER = textwrap.dedent(f"""
     import sys
     import numpy as np
@@ -32,10 +33,12 @@ WRITER = textwrap.dedent(f"""
         v = np.sin(np.arange({DIM})[None, :] * (i + 1) * 0.37 + i)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
-    path, root, batches = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    path, root, batches, stepwise = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "step"
     store = EmbeddingStore.open_or_create(path, {META!r}, root)
     print("ready", store.num_images, flush=True)
     for _ in range(batches):
+        if stepwise:
+            sys.stdin.readline()  # the test says when to write the next batch
         n = store.num_images
         with store.batch():
             store.add_images([f"img_{{i:06d}}.jpg" for i in range(n, n + {BATCH})], rows(n, n + {BATCH}),
@@ -52,10 +55,12 @@ def expected_rows(count: int) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16)
 
 
-def start_writer(store_path: Path, root: Path, batches: int) -> subprocess.Popen:
+def start_writer(store_path: Path, root: Path, batches: int, *, stepwise: bool = False) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-c", WRITER, str(store_path), str(root), str(batches)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    argv = [sys.executable, "-c", WRITER, str(store_path), str(root), str(batches),
+            "step" if stepwise else "run"]
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
     first = process.stdout.readline()
     assert first.startswith("ready"), process.stderr.read()
     return process
@@ -108,17 +113,23 @@ def test_readers_keep_working_while_another_process_writes(tmp_path):
     live = EmbeddingStore.open(store_path)
     stale_rows = stale.image_embeddings().copy()
     assert live.refresh() is False
-    writer = start_writer(store_path, root, batches=20)
-    seen = {BATCH}
+    writer = start_writer(store_path, root, batches=20, stepwise=True)
+    for step in range(2, 22):
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert int(writer.stdout.readline()) == step * BATCH  # committed
+        assert live.refresh() is True and assert_consistent(live) == step * BATCH
+        assert live.refresh() is False
+        assert stale.num_images == BATCH and np.array_equal(stale.image_embeddings(), stale_rows)
+    writer.stdin.close()
+    assert writer.wait() == 0, writer.stderr.read()
+    writer = start_writer(store_path, root, batches=20)  # free-running: reads land during writes
     while writer.poll() is None:
         if live.refresh():
-            seen.add(assert_consistent(live))
+            assert_consistent(live)
         assert stale.num_images == BATCH and np.array_equal(stale.image_embeddings(), stale_rows)
-    assert writer.returncode == 0, writer.stderr.read()
-    live.refresh()
-    assert assert_consistent(live) == 21 * BATCH
-    assert stale.refresh() is True and stale.num_images == 21 * BATCH
-    assert len(seen) >= 2  # the reader saw intermediate commits, not only the end state
+    assert writer.wait() == 0, writer.stderr.read()
+    assert stale.refresh() is True and assert_consistent(stale) == 41 * BATCH
 
 
 def test_a_writer_in_another_process_is_refused(tmp_path):
