@@ -38,6 +38,9 @@ def voila_command(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> list
         # /voila/files/ would serve files next to the notebook: deny every path.
         "--VoilaConfiguration.file_denylist", ".*",
         "--VoilaConfiguration.show_tracebacks=False",
+        # One kernel waits with the panel already built (model loaded): a new tab shows it in ~2 s
+        # instead of ~10 s; it costs one idle kernel's memory.
+        "--VoilaConfiguration.preheat_kernel=True", "--VoilaConfiguration.default_pool_size=1",
     ]
 
 

@@ -225,6 +225,8 @@ def test_the_panel_in_jupyterlab(app_store, browser_page, tmp_path):
         wait_until(lambda: listening(port), server, app_store / "lab.log")
         page = browser_page
         page.goto(f"http://127.0.0.1:{port}/lab/tree/panel.ipynb?token=clip", timeout=PAGE_TIMEOUT_MS)
+        # Run the cell once the kernel is idle: a cell run while the kernel still starts can be lost.
+        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=PAGE_TIMEOUT_MS)
         page.locator(".jp-Notebook .jp-Cell .cm-content").first.click(timeout=PAGE_TIMEOUT_MS)
         page.keyboard.press("Shift+Enter")
         before = search_and_wait(page, "a dog on the beach")
