@@ -350,6 +350,7 @@ def test_voila_command_closes_the_file_route_and_binds_locally():
     command = voila_command()
     assert "--Voila.ip=127.0.0.1" in command and "--port=7860" in command
     assert "--Voila.port_retries=0" in command  # never serve silently on another port than printed
+    assert "--VoilaConfiguration.preheat_kernel=True" in command
     assert command[command.index("--VoilaConfiguration.file_denylist") + 1] == ".*"
 
 
