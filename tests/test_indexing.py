@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_images import crash_on_marked_files, write_bad_images, write_good_awkward_images
 
 from clipwidgets.cli import main
@@ -99,6 +100,31 @@ def test_worker_preprocessing_gives_the_encoders_embeddings(photo_dir, tmp_path,
     with EmbeddingStore.open(tmp_path / "store.h5") as store:
         rows = [store.index_of(path.name) for path in paths]
         stored = store.image_embeddings()[rows].astype(np.float32)
+    assert np.all(np.sum(stored * expected, axis=1) > 0.999)
+
+
+class LongestSideEncoder(CountingEncoder):
+    """The tiny model with open_clip's "longest" resize mode, which the workers do not reproduce."""
+
+    def __init__(self, encoder) -> None:
+        import open_clip
+
+        super().__init__(encoder)
+        self.meta = {**encoder.meta, "preprocess": {**encoder.meta["preprocess"], "resize_mode": "longest"}}
+        self.preprocess = open_clip.image_transform(32, is_train=False, resize_mode="longest")
+
+
+def test_other_resize_modes_use_the_models_own_transform(photo_dir, tmp_path, tiny_encoder):
+    from clipwidgets.images import load_image
+
+    encoder = LongestSideEncoder(tiny_encoder)
+    assert not ModelInputSpec.from_meta(encoder.meta["preprocess"]).supported
+    index_images(photo_dir, tmp_path / "store.h5", encoder, workers=1, batch_size=4, progress=False)
+    paths = sorted(photo_dir.iterdir())[:3]
+    expected = tiny_encoder.encode_pixels(
+        torch.stack([encoder.preprocess(load_image(path, draft_size=(32, 32))) for path in paths]))
+    with EmbeddingStore.open(tmp_path / "store.h5") as store:
+        stored = store.image_embeddings()[[store.index_of(path.name) for path in paths]].astype(np.float32)
     assert np.all(np.sum(stored * expected, axis=1) > 0.999)
 
 
