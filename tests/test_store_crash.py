@@ -92,8 +92,10 @@ def test_sigkill_at_random_moments_never_loses_or_tears_a_commit(tmp_path):
             reported = int(writer.stdout.readline())
         time.sleep(rng.uniform(0.0, 0.05))
         writer.send_signal(signal.SIGKILL)
-        output, _ = writer.communicate()
-        assert writer.returncode == -signal.SIGKILL
+        output = writer.stdout.read()  # not communicate(): it would skip lines readline() buffered
+        assert writer.wait() == -signal.SIGKILL
+        for stream in (writer.stdin, writer.stdout, writer.stderr):
+            stream.close()
         reported = max([reported, *(int(line) for line in output.split())])
         with EmbeddingStore.open(store_path) as reader:
             count = assert_consistent(reader)
