@@ -628,16 +628,18 @@ def import_npy(store_path: str | os.PathLike[str], image_embeddings_npy: str | o
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise InvalidInputError(f"Image folder {images_dir} does not exist.")
-    if image_paths is None:
+    listed_by_prototype = image_paths is None
+    if listed_by_prototype:
         image_paths = [name for name in sorted(os.listdir(images_dir))
                        if name.lower().endswith(SEED_IMAGE_EXTENSIONS)]
     image_rows = _load_npy(image_embeddings_npy)
     if len(image_rows) != len(image_paths):
+        images = (f"{images_dir} has {len(image_paths)} images (.jpg/.jpeg/.png, as the prototype listed "
+                  "them)" if listed_by_prototype else f"{len(image_paths)} image paths were given")
         raise InvalidInputError(
-            f"{image_embeddings_npy} has {len(image_rows)} rows but {images_dir} has {len(image_paths)} "
-            "images (.jpg/.jpeg/.png, sorted by name): the embeddings are out of step with the folder. "
-            "Re-index the folder with `clipwidgets index` instead of importing.")
-    text_rows, texts = _text_rows(text_embeddings_npy, texts, model_meta)
+            f"{image_embeddings_npy} has {len(image_rows)} rows but {images}: the embeddings are out of "
+            "step with the images. Re-index the folder with `clipwidgets index` instead of importing.")
+    text_rows, texts = _text_rows(text_embeddings_npy, texts)
     records = [_file_record(images_dir / name) for name in image_paths]
     store = EmbeddingStore.create(store_path, model_meta, images_dir)
     try:
@@ -926,8 +928,8 @@ def _load_npy(path: str | os.PathLike[str]) -> np.ndarray:
     return rows
 
 
-def _text_rows(npy: str | os.PathLike[str] | None, texts: Sequence[str] | None,
-               model_meta: Mapping[str, Any]) -> tuple[np.ndarray | None, list[str]]:
+def _text_rows(npy: str | os.PathLike[str] | None,
+               texts: Sequence[str] | None) -> tuple[np.ndarray | None, list[str]]:
     if npy is None:
         if texts is not None:
             raise InvalidInputError("Texts were given without their embeddings (text_embeddings_npy).")

@@ -477,6 +477,9 @@ def test_import_npy_refuses_mismatched_counts(tmp_path):
     np.save(tmp_path / "img.npy", unit_rows(4))
     with pytest.raises(InvalidInputError, match=r"img.npy has 4 rows but .*seed_images has 3 images"):
         import_npy(tmp_path / "s.h5", tmp_path / "img.npy", folder, model_meta=META)
+    with pytest.raises(InvalidInputError, match=r"img.npy has 4 rows but 2 image paths were given"):
+        import_npy(tmp_path / "s.h5", tmp_path / "img.npy", folder, model_meta=META,
+                   image_paths=["photo_00000.jpg", "photo_00001.jpg"])
     np.save(tmp_path / "img.npy", unit_rows(3))
     np.save(tmp_path / "txt.npy", unit_rows(5))
     with pytest.raises(InvalidInputError, match="txt.npy has 5 rows but 2 texts"):
