@@ -540,10 +540,7 @@ class EmbeddingStore:
         if not isinstance(raw, str) or not raw or "\x00" in raw:
             raise InvalidInputError(f"Invalid image path {raw!r}.")
         if os.path.isabs(raw):
-            try:
-                raw = os.path.relpath(os.path.normpath(raw), self.image_root)
-            except ValueError as error:  # another drive on Windows
-                raise InvalidInputError(f"{path!r} is outside the image root {self.image_root}.") from error
+            raw = _relative_to(raw, self.image_root)
         parts = [part for part in raw.replace(os.sep, "/").split("/") if part not in ("", ".")]
         if not parts or ".." in parts:
             raise InvalidInputError(f"Image path {os.fspath(path)!r} is outside the image root "
@@ -868,6 +865,26 @@ def _attr_str(value: Any) -> str:
 
 
 # ----- small helpers -----
+
+def _relative_to(path: str, root: Path) -> str:
+    """`path` relative to `root` (which is resolved); "../..." when it lies outside.
+
+    The folders on the way are resolved too when needed (e.g. /tmp -> /private/tmp), but not the
+    file itself, so a symlinked image keeps its own name.
+    """
+    candidates = [os.path.normpath(path)]
+    folder, name = os.path.split(candidates[0])
+    candidates.append(os.path.join(os.path.realpath(folder), name))
+    relative = ""
+    for candidate in candidates:
+        try:
+            relative = os.path.relpath(candidate, root)
+        except ValueError:  # another drive on Windows
+            relative = os.pardir
+        if not relative.startswith(os.pardir):
+            break
+    return relative
+
 
 def _check_model_meta(model_meta: Mapping[str, Any]) -> None:
     missing = [key for key in _MODEL_KEYS if key not in model_meta]

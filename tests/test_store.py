@@ -295,8 +295,9 @@ def test_bad_paths_are_refused_naming_the_path(store, root, tmp_path):
     with pytest.raises(InvalidInputError, match="3 paths but 2 sizes"):
         store.add_images(["a", "b", "c"], unit_rows(3), sizes=[1, 2], mtimes_ns=[1] * 3, widths=[1] * 3,
                          heights=[1] * 3)
-    add(store, [str(root / "sub" / "in.jpg"), "./x/y.jpg"])  # absolute inside the root is fine
-    assert store.image_paths() == ["sub/in.jpg", "x/y.jpg"]
+    (tmp_path / "link").symlink_to(root)
+    add(store, [str(root / "sub" / "in.jpg"), "./x/y.jpg", str(tmp_path / "link" / "z.jpg")])
+    assert store.image_paths() == ["sub/in.jpg", "x/y.jpg", "z.jpg"]  # absolute inside the root is fine
     with pytest.raises(InvalidInputError, match="links to image 5"):
         store.add_texts(["t"], unit_rows(1), image_index=[5])
     with pytest.raises(InvalidInputError, match="'nope.jpg' is not in store"):
