@@ -149,6 +149,7 @@ class EmbeddingStore:
         try:
             if path.exists():
                 raise StoreError(f"{path} was created by another process just now; open it instead.")
+            _remove_stale_temp_files(path)  # from a create that was killed before its first commit
             attrs = {
                 "model_meta": dict(model_meta),
                 "dtype": dtype,

@@ -440,6 +440,10 @@ def test_create_refuses_existing_path_and_writer_removes_stale_temp_files(store)
     assert stale.exists()  # readers never delete anything
     EmbeddingStore.open(store.path, "a").close()
     assert not stale.exists() and unrelated.exists()
+    killed_create = store.path.with_name(".new.h5.tmp-999-0123abcd")
+    killed_create.write_bytes(b"half a file")
+    EmbeddingStore.create(store.path.with_name("new.h5"), META, store.image_root).close()
+    assert not killed_create.exists()
 
 
 # ----- npy import -----
