@@ -1,10 +1,12 @@
 """Indexing end to end on generated Flickr8k-like JPEGs, against model-only and a naive loop, in one run.
 
-- model only: `encode_pixels` on pre-decoded, preprocessed batches of 32 (the ceiling), fp32 and bf16;
-- clipwidgets: `index_images` into a fresh store, at the default CPU precision (fp32) and at bf16, each in
-  its own subprocess so its peak RSS (with its decoding workers) is its own;
-- naive loop: PIL open -> `encoder.preprocess` -> encode one image at a time, fp32;
-- bf16 vs fp32 agreement: mean cosine of the same images' embeddings and top-10 overlap of searches.
+One subprocess per precision (fp32, the default on CPU, and bf16), so each has its own memory, and in it,
+back to back so each ratio compares measurements taken under the same machine load:
+- clipwidgets: `index_images` into a fresh store, model loaded and warm; peak RSS of the process plus
+  its decoding workers' private memory;
+- model only: `encode_pixels` on pre-decoded, preprocessed batches of 32 (the ceiling);
+- naive loop (fp32 process only): PIL open -> `encoder.preprocess` -> encode one image at a time.
+Then bf16 vs fp32 agreement: cosine of the same images' embeddings and top-10 overlap of text searches.
 
 Full mode uses ViT-B/32 with random weights (same compute as the released weights); quick mode uses the
 offline `tiny` model on a few dozen images, to keep the script working, not to measure the claims.
@@ -30,6 +32,7 @@ from benchmarks.common import (
     peak_rss_mb,
     print_table,
     timeit,
+    to_jsonable,
     write_json,
 )
 
@@ -81,24 +84,22 @@ def naive_rate(encoder, paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def index_in_subprocess(folder: Path, store_path: Path, precision: str, quick: bool) -> dict[str, Any]:
-    """Run `index_images` in a fresh interpreter; returns its figures and the peak RSS of its process tree."""
+def measure_in_subprocess(folder: Path, store_path: Path, precision: str, *, quick: bool,
+                          sample: int, naive: bool) -> dict[str, Any]:
+    """Run `measure_job` in a fresh interpreter (its memory and threads are its own); returns its figures."""
     store_path.unlink(missing_ok=True)
     job = json.dumps({"folder": str(folder), "store": str(store_path), "precision": precision,
-                      "quick": quick})
-    command = [sys.executable, "-m", "benchmarks.bench_indexing", "--index-job", job]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process, \
-            TreeMemorySampler(process.pid) as sampler:
-        stdout, _ = process.communicate()
-    if process.returncode != 0:
-        raise RuntimeError(f"indexing subprocess ({precision}) failed with exit status {process.returncode}")
-    figures = json.loads(stdout.strip().splitlines()[-1])
-    figures["peak_rss_tree_mb"] = sampler.peak_mb
-    return figures
+                      "quick": quick, "sample": sample, "naive": naive})
+    command = [sys.executable, "-m", "benchmarks.bench_indexing", "--job", job]
+    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"indexing subprocess ({precision}) failed (exit status {completed.returncode})")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def index_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Inside the subprocess: load the model, warm it up, then time `index_images` into a new store."""
+def measure_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Inside the subprocess, back to back so the ratios share the machine's state: `index_images` into
+    a new store (model loaded and warm), then model-only on `sample` images, then the naive loop."""
     import torch
 
     from clipwidgets.indexing import index_images
@@ -106,12 +107,18 @@ def index_job(job: dict[str, Any]) -> dict[str, Any]:
     encoder = benchmark_encoder(job["precision"], quick=job["quick"])
     height, width = encoder.meta["preprocess"]["image_size"]
     encoder.encode_pixels(torch.zeros(BATCH_SIZE, 3, height, width))  # warm-up, as model-only gets
-    start = time.perf_counter()
-    report = index_images(job["folder"], job["store"], encoder, batch_size=BATCH_SIZE, progress=False)
-    seconds = time.perf_counter() - start
-    count = len(list(Path(job["folder"]).glob("*.jpg")))
-    return {"images": count, "seconds": seconds, "images_per_s": count / seconds,
-            "report_images_per_s": float(report.images_per_second), "peak_rss_self_mb": peak_rss_mb()}
+    paths = sorted(Path(job["folder"]).glob("*.jpg"))
+    with TreeMemorySampler() as sampler:
+        start = time.perf_counter()
+        report = index_images(job["folder"], job["store"], encoder, batch_size=BATCH_SIZE, progress=False)
+        seconds = time.perf_counter() - start
+    figures = {"e2e_images_per_s": len(paths) / seconds, "e2e_report_images_per_s": report.images_per_second,
+               "peak_rss_main_mb": peak_rss_mb(), "peak_rss_tree_mb": sampler.peak_mb}
+    sample = paths[: job["sample"]]
+    figures["model_only_images_per_s"] = model_only_rate(encoder, sample, repeats=1 if job["quick"] else 2)
+    if job["naive"]:
+        figures["naive_images_per_s"] = naive_rate(encoder, sample)
+    return figures
 
 
 def agreement(fp32_store: Path, bf16_store: Path, encoder) -> dict[str, float]:
@@ -139,30 +146,28 @@ def run(quick: bool, *, images: int | None = None) -> dict[str, Any]:
     folder = photo_folder(count)
     paths = sorted(folder.glob("*.jpg"))
     sample = paths[: min(count, 32 if quick else 160)]
-    repeats = 1 if quick else 2
     figures: dict[str, Any] = {
         "model": "tiny (quick mode: the ratios are not the claims)" if quick
         else "ViT-B-32-quickgelu (random weights)",
         "images": count, "image_size": "500x375", "batch_size": BATCH_SIZE,
         "model_only_images": len(sample), "naive_images": len(sample)}
-    encoders = {precision: benchmark_encoder(precision, quick=quick) for precision in ("fp32", "bf16")}
-    for precision, encoder in encoders.items():
-        figures[f"model_only_{precision}_images_per_s"] = model_only_rate(encoder, sample, repeats=repeats)
-    figures["naive_fp32_images_per_s"] = naive_rate(encoders["fp32"], sample)
-    del encoders["bf16"]
-
     stores = {precision: CACHE_DIR / f"index_{count}_{precision}.h5" for precision in ("fp32", "bf16")}
     for precision, store in stores.items():
-        result = index_in_subprocess(folder, store, precision, quick)
-        figures[f"e2e_{precision}_images_per_s"] = result["images_per_s"]
-        figures[f"e2e_{precision}_report_images_per_s"] = result["report_images_per_s"]
-        figures[f"e2e_{precision}_peak_rss_mb"] = max(result["peak_rss_tree_mb"], result["peak_rss_self_mb"])
-        figures[f"e2e_{precision}_peak_rss_main_mb"] = result["peak_rss_self_mb"]
+        result = measure_in_subprocess(folder, store, precision, quick=quick, sample=len(sample),
+                                       naive=precision == "fp32")
+        if "naive_images_per_s" in result:
+            figures["naive_fp32_images_per_s"] = result["naive_images_per_s"]
+        figures[f"model_only_{precision}_images_per_s"] = result["model_only_images_per_s"]
+        figures[f"e2e_{precision}_images_per_s"] = result["e2e_images_per_s"]
+        figures[f"e2e_{precision}_report_images_per_s"] = result["e2e_report_images_per_s"]
+        figures[f"e2e_{precision}_peak_rss_mb"] = max(result["peak_rss_tree_mb"], result["peak_rss_main_mb"])
+        figures[f"e2e_{precision}_peak_rss_main_mb"] = result["peak_rss_main_mb"]
         figures[f"ratio_e2e_vs_model_{precision}"] = (figures[f"e2e_{precision}_images_per_s"]
                                                       / figures[f"model_only_{precision}_images_per_s"])
         figures[f"ratio_e2e_{precision}_vs_naive"] = (figures[f"e2e_{precision}_images_per_s"]
                                                       / figures["naive_fp32_images_per_s"])
-    figures.update(agreement(stores["fp32"], stores["bf16"], encoders["fp32"]))
+    encoder = benchmark_encoder("fp32", quick=quick)
+    figures.update(agreement(stores["fp32"], stores["bf16"], encoder))
     print_figures(figures)
     return figures
 
@@ -187,10 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--images", type=int, help="number of generated photos (default 800; quick 48)")
-    parser.add_argument("--index-job", help=argparse.SUPPRESS)
+    parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.index_job:
-        print(json.dumps(index_job(json.loads(args.index_job))), flush=True)
+    if args.job:
+        print(json.dumps(to_jsonable(measure_job(json.loads(args.job)))), flush=True)
         return
     path = write_json(RESULTS_DIR / "indexing.json", run(args.quick, images=args.images))
     print(f"wrote {path}")
