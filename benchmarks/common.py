@@ -109,15 +109,17 @@ def random_vit_b32(precision: str = "fp32", *, device: str = "cpu", seed: int = 
 
 
 def random_vit_b32_checkpoint(folder: str | Path = RESULTS_DIR / "cache") -> Path:
-    """A checkpoint file of random ViT-B/32 weights (written once), so `load_model(VIT_B32, path)`
-    runs the loading path of the released weights, transient memory included."""
-    import torch
+    """A safetensors file of random ViT-B/32 weights (written once), so `load_model(VIT_B32, path)` runs
+    the loading path of the released weights (open_clip fetches them as safetensors), memory included."""
+    from safetensors.torch import save_file
 
-    path = Path(folder) / "vit-b-32-quickgelu-random.pt"
+    path = Path(folder) / "vit-b-32-quickgelu-random.safetensors"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        torch.save(random_vit_b32("fp32").model.state_dict(), partial)
+        partial = path.with_name(path.name + ".partial")
+        weights = random_vit_b32("fp32").model.state_dict()
+        state = {name: tensor.contiguous() for name, tensor in weights.items()}
+        save_file(state, partial)
         partial.rename(path)
     return path
 
