@@ -1,9 +1,10 @@
 """Indexing end to end on generated Flickr8k-like JPEGs, against model-only and a naive loop, in one run.
 
-One subprocess per precision (fp32, the default on CPU, and bf16), so each has its own memory, and in it,
-back to back so each ratio compares measurements taken under the same machine load:
-- clipwidgets: `index_images` into a fresh store, model loaded and warm; peak RSS of the process plus
-  its decoding workers' private memory;
+One subprocess per precision (fp32, the default on CPU, and bf16), so each has its own memory. In it,
+baselines, then clipwidgets, then baselines again (their mean is the baseline), so each ratio compares
+measurements taken under the same machine load:
+- clipwidgets: `index_images` into a fresh store, model loaded and warm; peak memory: the process's
+  high-water mark after loading the model, or its RSS plus its decoding workers' USS while indexing;
 - model only: `encode_pixels` on pre-decoded, preprocessed batches of 32 (the ceiling);
 - naive loop (fp32 process only): PIL open -> `encoder.preprocess` -> encode one image at a time.
 Then bf16 vs fp32 agreement: cosine of the same images' embeddings and top-10 overlap of text searches.
@@ -98,8 +99,8 @@ def measure_in_subprocess(folder: Path, store_path: Path, precision: str, *, qui
 
 
 def measure_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Inside the subprocess, back to back so the ratios share the machine's state: `index_images` into
-    a new store (model loaded and warm), then model-only on `sample` images, then the naive loop."""
+    """Inside the subprocess: baselines, `index_images` into a new store, baselines again (A-B-A), so a
+    drift in the machine's load during the run shifts both sides of each ratio alike."""
     import torch
 
     from clipwidgets.indexing import index_images
@@ -107,18 +108,29 @@ def measure_job(job: dict[str, Any]) -> dict[str, Any]:
     encoder = benchmark_encoder(job["precision"], quick=job["quick"])
     height, width = encoder.meta["preprocess"]["image_size"]
     encoder.encode_pixels(torch.zeros(BATCH_SIZE, 3, height, width))  # warm-up, as model-only gets
+    load_peak_mb = peak_rss_mb()
     paths = sorted(Path(job["folder"]).glob("*.jpg"))
+    sample = paths[: job["sample"]]
+    before = baseline_rates(encoder, sample, quick=job["quick"], naive=job["naive"])
     with TreeMemorySampler() as sampler:
         start = time.perf_counter()
         report = index_images(job["folder"], job["store"], encoder, batch_size=BATCH_SIZE, progress=False)
         seconds = time.perf_counter() - start
+    after = baseline_rates(encoder, sample, quick=job["quick"], naive=job["naive"])
     figures = {"e2e_images_per_s": len(paths) / seconds, "e2e_report_images_per_s": report.images_per_second,
-               "peak_rss_main_mb": peak_rss_mb(), "peak_rss_tree_mb": sampler.peak_mb}
-    sample = paths[: job["sample"]]
-    figures["model_only_images_per_s"] = model_only_rate(encoder, sample, repeats=1 if job["quick"] else 2)
-    if job["naive"]:
-        figures["naive_images_per_s"] = naive_rate(encoder, sample)
+               "peak_rss_load_mb": load_peak_mb, "peak_rss_tree_mb": sampler.peak_mb}
+    for name in before:
+        figures[name] = (before[name] + after[name]) / 2
+        figures[f"{name}_before"], figures[f"{name}_after"] = before[name], after[name]
     return figures
+
+
+def baseline_rates(encoder, sample: list[Path], *, quick: bool, naive: bool) -> dict[str, float]:
+    """Model-only images/s, and the naive loop's when `naive`."""
+    rates = {"model_only_images_per_s": model_only_rate(encoder, sample, repeats=1 if quick else 2)}
+    if naive:
+        rates["naive_images_per_s"] = naive_rate(encoder, sample)
+    return rates
 
 
 def agreement(fp32_store: Path, bf16_store: Path, encoder) -> dict[str, float]:
@@ -160,8 +172,13 @@ def run(quick: bool, *, images: int | None = None) -> dict[str, Any]:
         figures[f"model_only_{precision}_images_per_s"] = result["model_only_images_per_s"]
         figures[f"e2e_{precision}_images_per_s"] = result["e2e_images_per_s"]
         figures[f"e2e_{precision}_report_images_per_s"] = result["e2e_report_images_per_s"]
-        figures[f"e2e_{precision}_peak_rss_mb"] = max(result["peak_rss_tree_mb"], result["peak_rss_main_mb"])
-        figures[f"e2e_{precision}_peak_rss_main_mb"] = result["peak_rss_main_mb"]
+        figures[f"e2e_{precision}_peak_rss_mb"] = max(result["peak_rss_tree_mb"], result["peak_rss_load_mb"])
+        figures[f"e2e_{precision}_peak_rss_model_load_mb"] = result["peak_rss_load_mb"]
+        figures[f"e2e_{precision}_peak_rss_indexing_mb"] = result["peak_rss_tree_mb"]
+        for name in ("model_only_images_per_s", "naive_images_per_s"):
+            for when in ("before", "after"):
+                if f"{name}_{when}" in result:
+                    figures[f"{precision}_{name}_{when}"] = result[f"{name}_{when}"]
         figures[f"ratio_e2e_vs_model_{precision}"] = (figures[f"e2e_{precision}_images_per_s"]
                                                       / figures[f"model_only_{precision}_images_per_s"])
         figures[f"ratio_e2e_{precision}_vs_naive"] = (figures[f"e2e_{precision}_images_per_s"]
