@@ -27,6 +27,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InvalidInputError, ModelMismatchError, StoreError
+from .images import scan_images
 
 if os.name == "nt":  # the writer lock: msvcrt on Windows (untested there), flock elsewhere
     import msvcrt
@@ -37,7 +38,6 @@ FORMAT_NAME = "clipwidgets.store"
 FORMAT_VERSION = 1
 DTYPES = ("float16", "float32")
 NORM_TOLERANCE = 1e-2
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 SEED_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _MODEL_KEYS = ("name", "pretrained", "embed_dim")
 _STRING = h5py.string_dtype("utf-8")
@@ -351,7 +351,9 @@ class EmbeddingStore:
         files are gone are `removed`.
         """
         if isinstance(files, (str, os.PathLike)):
-            files = scan_folder(files)
+            if not Path(files).is_dir():
+                raise InvalidInputError(f"Image folder {files} does not exist.")
+            files = scan_images(files)
         view = self._view
         known = {path: (int(size), int(mtime)) for path, size, mtime in
                  zip(view.paths, view.sizes.tolist(), view.mtimes_ns.tolist(), strict=True)}
@@ -699,22 +701,6 @@ def _csv_pair(line: str) -> tuple[str, str, str]:
     if len(fields) < 2:
         return line, "", ""
     return fields[0], ",", ",".join(fields[1:])
-
-
-def scan_folder(images_dir: str | os.PathLike[str]) -> dict[str, tuple[int, int]]:
-    """{relative POSIX path: (size, mtime_ns)} of the image files under a folder (hidden ones skipped)."""
-    root = Path(images_dir)
-    if not root.is_dir():
-        raise InvalidInputError(f"Image folder {root} does not exist.")
-    found = {}
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        for name in names:
-            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            stat = os.stat(os.path.join(folder, name))
-            found[Path(folder, name).relative_to(root).as_posix()] = (stat.st_size, stat.st_mtime_ns)
-    return found
 
 
 # ----- file format -----
