@@ -165,13 +165,38 @@ def test_missing_file_and_folder_named_like_an_image(tmp_path):
 
 
 def test_unreadable_file_is_permission_denied(tmp_path):
-    path = tmp_path / "locked.jpg"
+    """chmod 000 file. Root ignores permissions, so as root a forked child drops to `nobody` first."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    path = folder / "locked.jpg"
     path.write_bytes(_jpeg_bytes(make_photo(1, (64, 48))))
     path.chmod(0)
-    if os.access(path, os.R_OK):
-        pytest.skip("running as root: file permissions are not enforced, so no PermissionError can occur")
-    with pytest.raises(ImageDecodeError, match="permission denied"):
-        load_image(path)
+    if os.geteuid() != 0:
+        with pytest.raises(ImageDecodeError, match="permission denied"):
+            load_image(path)
+        return
+    for parent in (folder, *folder.parents):  # let `nobody` reach the file, not read it
+        parent.chmod(parent.stat().st_mode | 0o005)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: drop privileges, try to decode, report the outcome, exit
+        os.close(read_end)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            load_image(path)
+            outcome = "decoded"
+        except ImageDecodeError as error:
+            outcome = f"ImageDecodeError: {error}"
+        except BaseException as error:  # report anything else to the parent
+            outcome = f"{type(error).__name__}: {error}"
+        os.write(write_end, outcome.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        outcome = pipe.read().decode()
+    os.waitpid(child, 0)
+    assert outcome == "ImageDecodeError: permission denied"
 
 
 def test_draft_decodes_big_jpegs_at_a_reduced_scale(tmp_path):
