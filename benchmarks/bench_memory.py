@@ -42,7 +42,7 @@ CELLS = (
 import json
 import psutil
 from IPython.display import display
-from clipwidgets.search import Searcher
+from clipwidgets.searcher import Searcher
 from clipwidgets.store import EmbeddingStore
 from clipwidgets.widgets import SearchPanel
 from clipwidgets.model import load_model

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS_DIR, benchmark_encoder, print_table, write_json
-from clipwidgets.search import Searcher
+from clipwidgets.searcher import Searcher
 from clipwidgets.store import EmbeddingStore
 
 DIM = 512

@@ -301,7 +301,7 @@ def _run_search(args: argparse.Namespace) -> int:
 
     from .errors import InvalidInputError
     from .query import parse_query
-    from .search import Searcher
+    from .searcher import Searcher
 
     if args.like and (args.query or args.image):
         raise InvalidInputError("--like searches from an image of the store; give it without QUERY or "

@@ -9,7 +9,7 @@ The rules (the same in the library, the CLI and the panel):
   number: "2:beach", "0.5:sky". A weight that is not a positive number ("x:beach", "0:beach") is
   an error, so "photo:beach" must be written "photo beach". The sign comes from the operator.
 - Every query needs at least one positive part; empty parts ("dog + ", "dog - - cat") are errors.
-- The combined vector is sum(weight * sign * embedding(part)), renormalised (see `search.py`).
+- The combined vector is sum(weight * sign * embedding(part)), renormalised (see `searcher.py`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from .errors import ClipWidgetsError, InvalidInputError, StoreError
-from .search import Searcher
+from .searcher import Searcher
 from .thumbnails import DEFAULT_SIDE, ThumbnailCache, disk_cache_dir, placeholder_jpeg
 
 PER_PAGE_CHOICES = (12, 24, 48, 96)

@@ -200,7 +200,7 @@ something ("a dog on the beach -water"); each result has a *More like this* butt
 through results and shows the detail of the image you click. It needs a live kernel: on GitHub's
 static view you only see this text.'''),
     code('''\
-from clipwidgets.search import Searcher
+from clipwidgets.searcher import Searcher
 from clipwidgets.widgets import SearchPanel
 
 searcher = Searcher(store, encoder)

@@ -10,7 +10,7 @@ import pytest
 
 from clipwidgets.ann import build_ann_index, index_paths, load_ann_index
 from clipwidgets.errors import InvalidInputError
-from clipwidgets.search import Searcher
+from clipwidgets.searcher import Searcher
 from clipwidgets.store import EmbeddingStore
 
 pytest.importorskip("faiss")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from clipwidgets.errors import ImageDecodeError, InvalidInputError, ModelMismatchError, StoreError
 from clipwidgets.query import QueryPart
-from clipwidgets.search import ADAPTIVE_MIN_GAP, Hit, Searcher, SearchResults, adaptive_cutoff, search
+from clipwidgets.searcher import ADAPTIVE_MIN_GAP, Hit, Searcher, SearchResults, adaptive_cutoff, search
 from clipwidgets.store import EmbeddingStore
 from clipwidgets.synthetic import make_photos
 
