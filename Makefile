@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
 	touch $(STAMP)
 
+# e.g. `make app APP_ARGS="--model tiny --images path/to/photos --store store/photos.h5"` offline
+APP_ARGS ?=
 app: $(STAMP)
-	$(BIN)/clipwidgets app
+	$(BIN)/clipwidgets app $(APP_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
