@@ -13,6 +13,8 @@ import os
 import re
 import signal
 import stat
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -273,7 +275,20 @@ def load_model_inputs(paths: Sequence[str],
     return results
 
 
-def init_decode_worker(max_image_pixels: int | None) -> None:
-    """Set up a decoding worker process: the parent's Pillow limit, and Ctrl-C left to the parent."""
+def init_decode_worker(max_image_pixels: int | None, owner_pid: int) -> None:
+    """Set up a decoding worker process: the parent's Pillow limit, Ctrl-C left to the parent, and
+    an exit of its own when the owner (the indexing process) is gone, e.g. killed with SIGKILL."""
     Image.MAX_IMAGE_PIXELS = max_image_pixels
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_gone, args=(owner_pid,), daemon=True).start()
+
+
+def _exit_when_gone(pid: int, interval_s: float = 1.0) -> None:
+    while True:
+        time.sleep(interval_s)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:  # the pid now belongs to another user's process: ours is gone
+            os._exit(0)

@@ -314,7 +314,7 @@ class _DecodePool:
 
     def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=init_decode_worker,
-                                   initargs=(Image.MAX_IMAGE_PIXELS,))
+                                   initargs=(Image.MAX_IMAGE_PIXELS, os.getpid()))
 
     def __enter__(self) -> _DecodePool:
         return self

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from test_images import crash_on_marked_files, write_bad_images, write_good_awkward_images
@@ -286,10 +287,13 @@ def test_resume_after_sigkill_reencodes_only_uncommitted_work(tmp_path, tiny_enc
               "batch_size=4, workers=1, progress=False)")
     process = subprocess.Popen([sys.executable, "-c", script, str(folder), str(store_path)], cwd=REPO)
     _wait_for_first_commit(process, store_path)
+    helpers = psutil.Process(process.pid).children(recursive=True)  # forkserver and decode worker
     process.kill()
     process.wait()
     committed = _committed_paths(store_path)
     assert 0 < len(committed) < total, "indexing finished before the kill; use a bigger folder"
+    _, alive = psutil.wait_procs(helpers, timeout=30)
+    assert not alive, f"worker processes outlived the killed indexer: {alive}"
     counting = CountingEncoder(tiny_encoder)
     report = index_images(folder, store_path, counting, batch_size=4, workers=0, progress=False)
     assert counting.encoded == report.indexed == total - len(committed)
