@@ -162,13 +162,6 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def current_rss_mb() -> float:
-    """Resident memory of this process now, in MB."""
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
 class TreeMemorySampler:
     """Samples the memory of a process and its descendants; `peak_mb` after the block.
 
