@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -98,11 +99,20 @@ def run_benchmark(name: str, quick: bool, out: Path) -> dict[str, Any]:
     path.unlink(missing_ok=True)
     print(f"\n=== {name} ===", flush=True)
     start = time.perf_counter()
-    try:
-        completed = subprocess.run(command, env=env, timeout=TIMEOUT_S[quick], check=False)
-        failure = None if completed.returncode == 0 else f"exit status {completed.returncode}"
-    except subprocess.TimeoutExpired:
+    # A session of its own, so a timeout or Ctrl-C also stops what the benchmark started (kernels, indexers).
+    with subprocess.Popen(command, env=env, start_new_session=True) as process:
+        try:
+            returncode: int | None = process.wait(timeout=TIMEOUT_S[quick])
+        except BaseException as error:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            if not isinstance(error, subprocess.TimeoutExpired):
+                raise
+            returncode = None
+    if returncode is None:
         failure = f"timed out after {TIMEOUT_S[quick]} s"
+    else:
+        failure = None if returncode == 0 else f"exit status {returncode}"
     seconds = time.perf_counter() - start
     if failure is not None or not path.exists():
         document = {"status": "failed", "reason": failure or "no JSON written", "figures": {}}
