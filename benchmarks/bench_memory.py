@@ -1,10 +1,12 @@
 """Memory of the search notebook's kernel: ViT-B/32, a Flickr8k-size store, a panel showing 24 results.
 
 Each precision runs in a fresh Jupyter kernel (ipykernel, started with jupyter_client), cell by cell as
-the search notebook does, and reports the kernel's RSS after each step and its peak. Target: under
-1.5 GB, so the notebook runs within Binder's 2 GB limit. The store holds 8,091 random normalised image
-vectors and 40,455 captions, as Flickr8k does; its image paths are hard links to a few generated
-photos, so the panel makes real thumbnails. Quick mode: the `tiny` model and a 500-image store.
+the search notebook does, and reports the kernel's RSS (and USS) after each step and its peak (VmHWM).
+Target: under 1.5 GB, so the notebook runs within Binder's 2 GB limit. The model is ViT-B/32 with
+random weights read from a safetensors file by `load_model`, the path the released weights take.
+The store holds 8,091 random normalised image vectors and 40,455 captions, as Flickr8k does; its image
+paths are hard links to a few generated photos, so the panel makes real thumbnails.
+Quick mode: the `tiny` model and a 500-image store.
 """
 
 from __future__ import annotations
