@@ -7,9 +7,11 @@ cannot be reached.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -164,15 +166,23 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
     weights, pretrained_label = _resolve_weights(name, pretrained, cache_dir)
-    with torch.random.fork_rng(devices=[]):
+    # With weights to load, build straight in the target dtype; `tiny` keeps its fp32 random draws.
+    build_dtype = _DTYPES[precision] if weights is not None else torch.float32
+    with torch.random.fork_rng(devices=[]), _default_dtype(build_dtype):
         torch.manual_seed(TINY_SEED)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=weights, load_weights=False, cache_dir=_str(cache_dir),
+            **_tag_preprocess(name, pretrained))
+    # Cast before the weights arrive, then read them tensor by tensor: no second full-precision copy
+    # of the model is ever in memory (that copy is what pushed a notebook kernel past 2 GB).
+    model = model.to(dtype=_DTYPES[precision])
+    if weights is not None:
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=weights, device=device, cache_dir=_str(cache_dir))
+            _load_weights(model, weights)
         except (RuntimeError, OSError, KeyError, ValueError) as error:
             raise ModelLoadError(f"Could not load weights {pretrained_label!r} into {name!r}: {error}. "
                                  "Check that the checkpoint was saved from this architecture.") from error
-    model = model.to(dtype=_DTYPES[precision])
+    model = model.to(device)
     meta = {
         "name": name,
         "pretrained": pretrained_label,
@@ -182,6 +192,75 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
     }
     return Encoder(model, preprocess, open_clip.get_tokenizer(name),
                    device=device, precision=precision, meta=meta)
+
+
+def _tag_preprocess(name: str, pretrained: str | None) -> dict[str, Any]:
+    """open_clip's `image_*` options for the preprocessing a pretrained tag prescribes ({} otherwise).
+
+    The weights reach open_clip as a file path, so it cannot look the tag up itself.
+    """
+    cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
+    keys = ("mean", "std", "interpolation", "resize_mode")
+    return {f"image_{key}": cfg[key] for key in keys if key in cfg}
+
+
+_READ_BYTES = 8 << 20
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+@torch.no_grad()
+def _load_weights(model: torch.nn.Module, path: str) -> None:
+    """Copy a checkpoint into `model` (already in its final dtype), one tensor at a time for safetensors.
+
+    Tensors are read with plain file reads, not a memory map, so the file's pages never count as the
+    process's memory. Files whose keys need open_clip's conversions (other layouts, resized position
+    embeddings) go through `open_clip.load_checkpoint`, which holds one full copy in memory.
+    """
+    if path.endswith(".safetensors"):
+        targets = model.state_dict()
+        with open(path, "rb") as file:
+            header_size = int.from_bytes(file.read(8), "little")
+            entries = json.loads(file.read(header_size))
+            entries.pop("__metadata__", None)
+            if set(entries) == set(targets) and all(
+                    tuple(entries[key]["shape"]) == tuple(targets[key].shape)
+                    and entries[key]["dtype"] in _SAFETENSORS_DTYPES for key in entries):
+                for key, target in targets.items():
+                    _copy_tensor(file, 8 + header_size, entries[key], target)
+                return
+    open_clip.load_checkpoint(model, path)
+
+
+def _copy_tensor(file: Any, data_start: int, entry: dict[str, Any], target: torch.Tensor) -> None:
+    """Copy one stored tensor into `target`, reading at most about _READ_BYTES at a time."""
+    begin, end = entry["data_offsets"]
+    dtype, shape = _SAFETENSORS_DTYPES[entry["dtype"]], entry["shape"]
+    if end == begin:
+        return
+    if not shape:  # a scalar
+        file.seek(data_start + begin)
+        target.copy_(torch.frombuffer(bytearray(file.read(end - begin)), dtype=dtype).reshape(()))
+        return
+    row_bytes = (end - begin) // shape[0]
+    rows_per_read = max(1, _READ_BYTES // row_bytes)
+    for first in range(0, shape[0], rows_per_read):
+        count = min(rows_per_read, shape[0] - first)
+        file.seek(data_start + begin + first * row_bytes)
+        chunk = torch.frombuffer(bytearray(file.read(count * row_bytes)), dtype=dtype)
+        target[first:first + count].copy_(chunk.reshape(count, *shape[1:]))
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Create tensors in `dtype` (a model built for bf16 weights is never materialised in fp32)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _str(path: str | os.PathLike[str] | None) -> str | None:

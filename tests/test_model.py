@@ -105,6 +105,41 @@ def test_checkpoint_for_real_architecture_is_loaded(tmp_path):
         torch.testing.assert_close(tensor, expected[name])
 
 
+def test_safetensors_checkpoint_is_streamed_in_the_target_precision(tmp_path):
+    import open_clip
+    from safetensors.torch import save_file
+
+    model = open_clip.create_model("RN50-quickgelu", pretrained=None)
+    expected = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    checkpoint = tmp_path / "rn50.safetensors"
+    save_file(expected, checkpoint)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        encoder = load_model("RN50-quickgelu", str(checkpoint), precision=precision)
+        for name, tensor in encoder.model.state_dict().items():
+            if tensor.is_floating_point():
+                assert tensor.dtype == dtype, name
+                torch.testing.assert_close(tensor, expected[name].to(dtype))
+            else:
+                torch.testing.assert_close(tensor, expected[name])
+
+
+def test_safetensors_with_other_keys_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / "other.safetensors"
+    save_file({"not.a.clip.weight": torch.zeros(2)}, checkpoint)
+    with pytest.raises(ModelLoadError, match="Could not load weights"):
+        load_model("RN50-quickgelu", str(checkpoint))
+
+
+def test_pretrained_tag_preprocessing_is_applied():
+    from clipwidgets.model import _tag_preprocess
+
+    options = _tag_preprocess("ViT-B-32-quickgelu", "openai")
+    assert options["image_mean"] == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    assert _tag_preprocess("tiny", None) == {}
+
+
 def test_wrong_checkpoint_for_architecture(tmp_path):
     checkpoint = tmp_path / "garbage.pt"
     torch.save({"not": torch.zeros(1)}, checkpoint)
