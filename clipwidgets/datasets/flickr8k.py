@@ -19,7 +19,7 @@ import os
 import shutil
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -189,30 +189,29 @@ def load_split(split_file: str | os.PathLike[str], *, issues: list[str] | None =
 def load_expert_annotations(path: str | os.PathLike[str], *,
                             issues: list[str] | None = None) -> list[ExpertAnnotation]:
     """Rows of ExpertAnnotations.txt: image, caption id (`<image>.jpg#<n>`), three scores 1-4."""
-    path = Path(path)
-    found: list[str] = []
-    rows = []
-    for number, line in _lines(path):
-        fields = line.split("\t")
-        try:
-            if len(fields) != 5:
-                raise ValueError(f"expected 5 tab-separated fields, got {len(fields)}")
-            split_caption_id(fields[1])
-            scores = tuple(int(value) for value in fields[2:])
-            if not all(1 <= score <= 4 for score in scores):
-                raise ValueError(f"scores {scores} are not all within 1-4")
-        except ValueError as error:
-            found.append(f"line {number}: {error}")
-            continue
-        rows.append(ExpertAnnotation(fields[0].strip(), fields[1].strip(), scores))  # type: ignore[arg-type]
-    _report(path, found, issues)
-    return rows
+    def parse(fields: list[str]) -> ExpertAnnotation:
+        scores = tuple(int(value) for value in fields[2:])
+        if not all(1 <= score <= 4 for score in scores):
+            raise ValueError(f"scores {scores} are not all within 1-4")
+        return ExpertAnnotation(fields[0].strip(), fields[1].strip(), scores)  # type: ignore[arg-type]
+
+    return _annotation_rows(Path(path), parse, issues)
 
 
 def load_crowdflower_annotations(path: str | os.PathLike[str], *,
                                  issues: list[str] | None = None) -> list[CrowdFlowerAnnotation]:
     """Rows of CrowdFlowerAnnotations.txt: image, caption id, percent yes, yes count, no count."""
-    path = Path(path)
+    def parse(fields: list[str]) -> CrowdFlowerAnnotation:
+        percent, yes, no = float(fields[2]), int(fields[3]), int(fields[4])
+        if yes < 0 or no < 0 or not 0.0 <= percent <= 1.0:
+            raise ValueError(f"votes ({percent}, {yes}, {no}) are out of range")
+        return CrowdFlowerAnnotation(fields[0].strip(), fields[1].strip(), percent, yes, no)
+
+    return _annotation_rows(Path(path), parse, issues)
+
+
+def _annotation_rows(path: Path, parse: Callable[[list[str]], Any], issues: list[str] | None) -> list[Any]:
+    """Parse the 5-field tab-separated rows of an annotation file; bad rows are reported by line."""
     found: list[str] = []
     rows = []
     for number, line in _lines(path):
@@ -221,14 +220,10 @@ def load_crowdflower_annotations(path: str | os.PathLike[str], *,
             if len(fields) != 5:
                 raise ValueError(f"expected 5 tab-separated fields, got {len(fields)}")
             split_caption_id(fields[1])
-            percent, yes, no = float(fields[2]), int(fields[3]), int(fields[4])
-            if yes < 0 or no < 0 or not 0.0 <= percent <= 1.0:
-                raise ValueError(f"votes ({percent}, {yes}, {no}) are out of range")
+            rows.append(parse(fields))
         except ValueError as error:
             found.append(f"line {number}: {error}")
-            continue
-        rows.append(CrowdFlowerAnnotation(fields[0].strip(), fields[1].strip(), percent, yes, no))
-    _report(path, found, issues)
+    _report(path, found, issues, stacklevel=4)
     return rows
 
 
@@ -245,14 +240,15 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line.rstrip("\r\n")
 
 
-def _report(path: Path, found: list[str], issues: list[str] | None) -> None:
+def _report(path: Path, found: list[str], issues: list[str] | None, *, stacklevel: int = 3) -> None:
+    """Add the problems to `issues`, or warn once, attributed to the caller of the public loader."""
     if issues is not None:
         issues.extend(f"{path.name} {message}" for message in found)
     elif found:
         more = f" (and {len(found) - 5} more)" if len(found) > 5 else ""
         warnings.warn(Flickr8kWarning(f"{path.name}: skipped {len(found)} entr"
                                       f"{'y' if len(found) == 1 else 'ies'}: {'; '.join(found[:5])}{more}"),
-                      stacklevel=3)
+                      stacklevel=stacklevel)
 
 
 # ---------------------------------------------------------------------------- download and extraction
