@@ -46,7 +46,3 @@ def make_photos(folder: str | Path, count: int, *, size: tuple[int, int] = (500,
         paths.append(path)
     return paths
 
-
-def make_color_image(color: str, size: tuple[int, int] = (64, 48)) -> Image.Image:
-    """A flat image of one named colour from PALETTE (handy for searches with a known answer)."""
-    return Image.new("RGB", size, PALETTE[color])
