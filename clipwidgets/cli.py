@@ -10,9 +10,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from .errors import ClipWidgetsError
+from .errors import ClipWidgetsError, InvalidInputError
 
 
 def _print_json(value: Any) -> None:
@@ -31,6 +32,16 @@ def _load_encoder(args: argparse.Namespace, store_meta: dict[str, Any] | None = 
     if pretrained is None:
         pretrained = DEFAULT_PRETRAINED
     return load_model(name, pretrained, precision=getattr(args, "precision", "auto") or "auto")
+
+
+def _existing_store_model(store_path: str) -> dict[str, Any] | None:
+    """The model recorded in the store at `store_path`, or None when there is no store yet."""
+    from .store import EmbeddingStore
+
+    if not Path(store_path).exists():
+        return None
+    with EmbeddingStore.open(store_path) as store:
+        return store.model_meta
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -109,20 +120,12 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def _run_index(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .errors import InvalidInputError
     from .indexing import index_images
-    from .store import EmbeddingStore
 
     if not Path(args.images_dir).is_dir():
         raise InvalidInputError(f"Image folder {args.images_dir} does not exist or is not a folder; "
                                 "give the folder that holds your images.")
-    store_meta = None
-    if Path(args.store).exists():
-        with EmbeddingStore.open(args.store) as store:
-            store_meta = store.model_meta
-    encoder = _load_encoder(args, store_meta)
+    encoder = _load_encoder(args, _existing_store_model(args.store))
     report = index_images(args.images_dir, args.store, encoder, batch_size=args.batch_size,
                           workers=args.workers, prune=args.prune)
     if args.json:
@@ -145,7 +148,6 @@ def _run_index(args: argparse.Namespace) -> int:
 
 
 def _run_import_npy(args: argparse.Namespace) -> int:
-    from .errors import InvalidInputError
     from .store import import_npy, read_captions
 
     if (args.text_embeddings is None) != (args.captions is None):
@@ -163,8 +165,6 @@ def _run_import_npy(args: argparse.Namespace) -> int:
 
 
 def _run_app(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .webapp import DEFAULT_STORE, ensure_store, serve
 
     store = ensure_store(args.store, images_dir=args.images, model=args.model, pretrained=args.pretrained,
@@ -222,16 +222,9 @@ def _run_flickr8k_download(args: argparse.Namespace) -> int:
 
 
 def _run_flickr8k_index(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .datasets.flickr8k import index_flickr8k
-    from .store import EmbeddingStore
 
-    store_meta = None
-    if Path(args.store).exists():
-        with EmbeddingStore.open(args.store) as store:
-            store_meta = store.model_meta
-    encoder = _load_encoder(args, store_meta)
+    encoder = _load_encoder(args, _existing_store_model(args.store))
     summary = index_flickr8k(args.data_dir, args.store, encoder, batch_size=args.batch_size,
                              workers=args.workers, progress=not args.json)
     if args.json:
@@ -297,9 +290,6 @@ def _add_search_parser(sub: Any) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .errors import InvalidInputError
     from .query import parse_query
     from .searcher import Searcher
 
