@@ -36,12 +36,9 @@ def _load_encoder(args: argparse.Namespace, store_meta: dict[str, Any] | None = 
 
 def _existing_store_model(store_path: str) -> dict[str, Any] | None:
     """The model recorded in the store at `store_path`, or None when there is no store yet."""
-    from .store import EmbeddingStore
+    from .store import read_model_meta
 
-    if not Path(store_path).exists():
-        return None
-    with EmbeddingStore.open(store_path) as store:
-        return store.model_meta
+    return read_model_meta(store_path) if Path(store_path).exists() else None
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:

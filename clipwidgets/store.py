@@ -612,6 +612,17 @@ class EmbeddingStore:
         self._signature = _signature(self.path)
 
 
+def read_model_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The model metadata a store records, read from its attributes alone (no embeddings loaded)."""
+    path = Path(path)
+    with _open_checked(path) as f:
+        try:
+            return json.loads(_attr_str(f.attrs["model_meta"]))
+        except _READ_ERRORS as error:
+            raise StoreError(f"Store {path} has no readable model metadata ({error}). It was left "
+                             "untouched; rebuild it with `clipwidgets index` into a new file.") from error
+
+
 def import_npy(store_path: str | os.PathLike[str], image_embeddings_npy: str | os.PathLike[str],
                images_dir: str | os.PathLike[str], *, model_meta: dict[str, Any],
                text_embeddings_npy: str | os.PathLike[str] | None = None, texts: Sequence[str] | None = None,

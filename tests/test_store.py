@@ -21,6 +21,7 @@ from clipwidgets.store import (
     StoreDiff,
     import_npy,
     read_captions,
+    read_model_meta,
 )
 
 DIM = 16
@@ -195,6 +196,15 @@ def test_info_summary(store):
     assert info["format_name"] == FORMAT_NAME and info["format_version"] == FORMAT_VERSION
     assert info["size_bytes"] == store.path.stat().st_size
     json.dumps(info)
+
+
+def test_read_model_meta_reads_attributes_only(store, tmp_path):
+    add(store, ["a.jpg"])
+    assert read_model_meta(store.path) == store.model_meta
+    foreign = tmp_path / "foreign.h5"
+    foreign.write_bytes(b"not an hdf5 file at all")
+    with pytest.raises(StoreError, match="not a readable HDF5 file"):
+        read_model_meta(foreign)
 
 
 def test_open_or_create_checks_model_and_image_root(tmp_path, root):
