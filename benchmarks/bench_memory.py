@@ -11,7 +11,6 @@ Quick mode: the `tiny` model and a 500-image store.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -21,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS_DIR, VIT_B32, print_table, random_vit_b32_checkpoint, write_json
+from benchmarks.common import (
+    RESULTS_DIR,
+    VIT_B32,
+    print_table,
+    quick_main,
+    random_vit_b32_checkpoint,
+)
 from clipwidgets.model import load_model
 
 CACHE_DIR = RESULTS_DIR / "cache"
@@ -188,11 +193,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    path = write_json(RESULTS_DIR / "memory.json", run(args.quick))
-    print(f"wrote {path}")
+    quick_main("memory", run, __doc__.split("\n")[0], argv)
 
 
 if __name__ == "__main__":

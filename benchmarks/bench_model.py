@@ -5,10 +5,9 @@ Input is an already preprocessed batch, so this is the ceiling the indexing pipe
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, print_table, random_vit_b32, timeit, write_json
+from benchmarks.common import print_table, quick_main, random_vit_b32, timeit
 
 
 def images_per_second(encoder, *, batch_size: int, repeats: int) -> float:
@@ -56,11 +55,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    path = write_json(RESULTS_DIR / "model.json", run(args.quick))
-    print(f"wrote {path}")
+    quick_main("model", run, __doc__, argv)
 
 
 if __name__ == "__main__":

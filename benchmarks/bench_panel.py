@@ -9,7 +9,6 @@ query adds about 25 ms (see the search benchmark).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, print_table, write_json
+from benchmarks.common import print_table, quick_main
 
 PER_PAGE = 24
 QUERIES = ("a dog running on the beach", "a red car in the street", "children playing in the snow")
@@ -120,11 +119,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    path = write_json(RESULTS_DIR / "panel.json", run(args.quick))
-    print(f"wrote {path}")
+    quick_main("panel", run, __doc__, argv)
 
 
 if __name__ == "__main__":

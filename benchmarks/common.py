@@ -230,6 +230,16 @@ def write_json(path: str | Path, figures: dict[str, Any], *, machine: dict[str, 
     return path
 
 
+def quick_main(name: str, run: Any, description: str, argv: list[str] | None = None) -> None:
+    """The command line of a benchmark whose only option is --quick: run it, write <name>.json."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    print(f"wrote {write_json(RESULTS_DIR / f'{name}.json', run(args.quick))}")
+
+
 def fmt(value: Any) -> str:
     """A figure as a short string: 3 significant digits for floats."""
     if isinstance(value, float):
