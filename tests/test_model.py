@@ -35,7 +35,7 @@ def test_encode_images_shape_normalised_and_deterministic(tiny_encoder):
     first = tiny_encoder.encode_images(images)
     assert first.shape == (5, 64) and first.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
-    again = load_model("tiny").encode_images(images)
+    again = load_model("tiny", device="cpu").encode_images(images)
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first[0], first[1])
 
@@ -98,7 +98,7 @@ def test_checkpoint_for_real_architecture_is_loaded(tmp_path):
     model = open_clip.create_model("RN50-quickgelu", pretrained=None)
     checkpoint = tmp_path / "rn50.pt"
     torch.save(model.state_dict(), checkpoint)
-    encoder = load_model("RN50-quickgelu", str(checkpoint))
+    encoder = load_model("RN50-quickgelu", str(checkpoint), device="cpu")
     assert encoder.meta["pretrained"].startswith("checkpoint:rn50.pt:")
     expected = model.state_dict()
     for name, tensor in encoder.model.state_dict().items():
@@ -114,7 +114,7 @@ def test_safetensors_checkpoint_is_streamed_in_the_target_precision(tmp_path):
     checkpoint = tmp_path / "rn50.safetensors"
     save_file(expected, checkpoint)
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        encoder = load_model("RN50-quickgelu", str(checkpoint), precision=precision)
+        encoder = load_model("RN50-quickgelu", str(checkpoint), device="cpu", precision=precision)
         for name, tensor in encoder.model.state_dict().items():
             if tensor.is_floating_point():
                 assert tensor.dtype == dtype, name
@@ -193,3 +193,17 @@ def test_device_and_precision_resolution():
     assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(InvalidInputError, match="Unknown precision"):
         resolve_precision("int4", "cpu")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc setting")
+def test_cpu_encoder_lets_freed_memory_be_reused(tiny_encoder):
+    import resource
+
+    def page_faults_of_a_64_mb_block() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = np.ones(64 << 20, dtype=np.uint8)  # like a batch's activations: allocated, written, freed
+        del block
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    page_faults_of_a_64_mb_block()
+    assert page_faults_of_a_64_mb_block() < 1000  # fresh pages would fault 16,384 times (4 KiB each)
