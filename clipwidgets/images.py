@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -163,6 +164,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, _WHITE)
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
+    if image.mode == "RGB":
+        return image  # convert() would copy it
     return image.convert("RGB")
 
 
@@ -265,9 +268,12 @@ def load_model_input(path: str | os.PathLike[str],
 
 def load_model_inputs(paths: Sequence[str],
                       spec: ModelInputSpec) -> list[tuple[np.ndarray, tuple[int, int]] | str]:
-    """`load_model_input` for each path; a failure becomes its reason string. Runs in worker processes."""
+    """`load_model_input` for each path; a failure becomes its reason string. Runs in worker processes,
+    where it waits before each file while the indexer's model runs (see `init_decode_worker`)."""
     results: list[tuple[np.ndarray, tuple[int, int]] | str] = []
     for path in paths:
+        if _model_idle is not None:
+            _model_idle.wait()
         try:
             results.append(load_model_input(path, spec))
         except ImageDecodeError as error:
@@ -275,9 +281,18 @@ def load_model_inputs(paths: Sequence[str],
     return results
 
 
-def init_decode_worker(max_image_pixels: int | None, owner_pid: int) -> None:
+_model_idle: Any = None  # a decoding worker's copy of the indexer's "model idle" event, if any
+
+
+def init_decode_worker(max_image_pixels: int | None, owner_pid: int, model_idle: Any = None) -> None:
     """Set up a decoding worker process: the parent's Pillow limit, Ctrl-C left to the parent, and
-    an exit of its own when the owner (the indexing process) is gone, e.g. killed with SIGKILL."""
+    an exit of its own when the owner (the indexing process) is gone, e.g. killed with SIGKILL.
+
+    With `model_idle` (a multiprocessing Event), the worker starts a file only while it is set: an
+    indexer whose CPU model uses every core clears it while the model runs (see indexing.py).
+    """
+    global _model_idle
+    _model_idle = model_idle
     Image.MAX_IMAGE_PIXELS = max_image_pixels
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_when_gone, args=(owner_pid,), daemon=True).start()

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from test_images import crash_on_marked_files, write_bad_images, write_good_awkw
 from clipwidgets.cli import main
 from clipwidgets.errors import InvalidInputError, ModelMismatchError
 from clipwidgets.images import ModelInputSpec, scan_images
-from clipwidgets.indexing import CRASHED, _decode_in_order, index_images
+from clipwidgets.indexing import CRASHED, _decode_in_order, _worker_context, index_images
 from clipwidgets.store import EmbeddingStore
 from clipwidgets.synthetic import make_photo, make_photos
 
@@ -248,6 +249,21 @@ def test_a_file_that_kills_its_worker_is_skipped_alone(photo_dir, tiny_encoder):
     outcome = dict(results)
     assert outcome.pop("photo_00005_crash.jpg") == CRASHED
     assert all(pixels.shape == (32, 32, 3) for pixels, _ in outcome.values())
+
+
+def test_decoding_workers_wait_while_the_model_runs(photo_dir, tiny_encoder):
+    relpaths = list(scan_images(photo_dir))
+    spec = ModelInputSpec.from_meta(tiny_encoder.meta["preprocess"])
+    model_idle = _worker_context().Event()  # not set: "the model is running"
+    decoded = _decode_in_order(photo_dir, relpaths, spec, workers=1, window=8, model_idle=model_idle)
+    results = []
+    consumer = threading.Thread(target=lambda: [results.append(item) for item in decoded])
+    consumer.start()
+    consumer.join(timeout=1.5)
+    assert results == []  # the worker has started, but no file while the model runs
+    model_idle.set()
+    consumer.join(timeout=120)
+    assert [path for path, _ in results] == relpaths
 
 
 def _linked_folder(folder: Path, count: int) -> Path:
