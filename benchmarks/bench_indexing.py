@@ -4,13 +4,15 @@ One subprocess per precision (fp32, the default on CPU, and bf16), so each has i
 baselines, then clipwidgets, then baselines again (their mean is the baseline), so each ratio compares
 measurements taken under the same machine load:
 - clipwidgets: `index_images` into a fresh store, model loaded and warm; peak memory: the process's
-  high-water mark after loading the model, or its RSS plus its decoding workers' USS while indexing;
+  high-water mark after loading the model, or its RSS plus its decoding workers' USS while indexing,
+  sampled in a second run into another store (sampling takes CPU time, so the timed run has none);
 - model only: `encode_pixels` on pre-decoded, preprocessed batches of 32 (the ceiling);
 - naive loop (fp32 process only): PIL open -> `encoder.preprocess` -> encode one image at a time.
 Then bf16 vs fp32 agreement: cosine of the same images' embeddings and top-10 overlap of text searches.
 
 Full mode uses ViT-B/32 with random weights (same compute as the released weights); quick mode uses the
 offline `tiny` model on a few dozen images, to keep the script working, not to measure the claims.
+`--device cuda` measures fp32 and fp16 (the CUDA default) on the GPU instead of fp32 and bf16 on the CPU.
 """
 
 from __future__ import annotations
@@ -59,13 +61,13 @@ def photo_folder(count: int) -> Path:
     return folder
 
 
-def model_only_rate(encoder, paths: list[Path], *, repeats: int) -> float:
+def model_only_rate(encoder, paths: list[Path], *, repeats: int, batch_size: int = BATCH_SIZE) -> float:
     """Images/s of the model alone on batches decoded and preprocessed beforehand."""
     import torch
     from PIL import Image
 
     pixels = torch.stack([encoder.preprocess(Image.open(path).convert("RGB")) for path in paths])
-    batches = list(torch.split(pixels, BATCH_SIZE))
+    batches = list(torch.split(pixels, batch_size))
     seconds = timeit(lambda: [encoder.encode_pixels(batch) for batch in batches], repeats=repeats, warmup=1)
     return len(paths) / seconds
 
@@ -85,12 +87,13 @@ def naive_rate(encoder, paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def measure_in_subprocess(folder: Path, store_path: Path, precision: str, *, quick: bool,
-                          sample: int, naive: bool) -> dict[str, Any]:
+def measure_in_subprocess(folder: Path, store_path: Path, precision: str, *, quick: bool, sample: int,
+                          naive: bool, device: str, batch_size: int) -> dict[str, Any]:
     """Run `measure_job` in a fresh interpreter (its memory and threads are its own); returns its figures."""
     store_path.unlink(missing_ok=True)
     job = json.dumps({"folder": str(folder), "store": str(store_path), "precision": precision,
-                      "quick": quick, "sample": sample, "naive": naive})
+                      "quick": quick, "sample": sample, "naive": naive, "device": device,
+                      "batch_size": batch_size})
     command = [sys.executable, "-m", "benchmarks.bench_indexing", "--job", job]
     completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
     if completed.returncode != 0:
@@ -105,18 +108,23 @@ def measure_job(job: dict[str, Any]) -> dict[str, Any]:
 
     from clipwidgets.indexing import index_images
 
-    encoder = benchmark_encoder(job["precision"], quick=job["quick"])
+    batch_size = job["batch_size"]
+    encoder = benchmark_encoder(job["precision"], quick=job["quick"], device=job["device"])
     height, width = encoder.meta["preprocess"]["image_size"]
-    encoder.encode_pixels(torch.zeros(BATCH_SIZE, 3, height, width))  # warm-up, as model-only gets
+    encoder.encode_pixels(torch.zeros(batch_size, 3, height, width))  # warm-up, as model-only gets
     load_peak_mb = peak_rss_mb()
     paths = sorted(Path(job["folder"]).glob("*.jpg"))
     sample = paths[: job["sample"]]
-    before = baseline_rates(encoder, sample, quick=job["quick"], naive=job["naive"])
+    rates = {"quick": job["quick"], "naive": job["naive"], "batch_size": batch_size}
+    before = baseline_rates(encoder, sample, **rates)
+    start = time.perf_counter()
+    report = index_images(job["folder"], job["store"], encoder, batch_size=batch_size, progress=False)
+    seconds = time.perf_counter() - start
+    after = baseline_rates(encoder, sample, **rates)
+    sampled_store = Path(job["store"]).with_suffix(".sampled.h5")
+    sampled_store.unlink(missing_ok=True)
     with TreeMemorySampler() as sampler:
-        start = time.perf_counter()
-        report = index_images(job["folder"], job["store"], encoder, batch_size=BATCH_SIZE, progress=False)
-        seconds = time.perf_counter() - start
-    after = baseline_rates(encoder, sample, quick=job["quick"], naive=job["naive"])
+        index_images(job["folder"], sampled_store, encoder, batch_size=batch_size, progress=False)
     figures = {"e2e_images_per_s": len(paths) / seconds, "e2e_report_images_per_s": report.images_per_second,
                "peak_rss_load_mb": load_peak_mb, "peak_rss_tree_mb": sampler.peak_mb}
     for name in before:
@@ -125,19 +133,22 @@ def measure_job(job: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def baseline_rates(encoder, sample: list[Path], *, quick: bool, naive: bool) -> dict[str, float]:
+def baseline_rates(encoder, sample: list[Path], *, quick: bool, naive: bool,
+                   batch_size: int) -> dict[str, float]:
     """Model-only images/s, and the naive loop's when `naive`."""
-    rates = {"model_only_images_per_s": model_only_rate(encoder, sample, repeats=1 if quick else 2)}
+    rates = {"model_only_images_per_s": model_only_rate(encoder, sample, repeats=1 if quick else 2,
+                                                        batch_size=batch_size)}
     if naive:
         rates["naive_images_per_s"] = naive_rate(encoder, sample)
     return rates
 
 
-def agreement(fp32_store: Path, bf16_store: Path, encoder) -> dict[str, float]:
-    """Mean cosine of the two stores' embeddings of the same images, and top-10 overlap of text searches."""
+def agreement(fp32_store: Path, low_store: Path, encoder, low: str) -> dict[str, float]:
+    """Mean cosine of the two stores' embeddings of the same images, and top-10 overlap of text searches;
+    `low` names the lower precision (bf16 or fp16)."""
     from clipwidgets.store import EmbeddingStore
 
-    with EmbeddingStore.open(fp32_store) as a, EmbeddingStore.open(bf16_store) as b:
+    with EmbeddingStore.open(fp32_store) as a, EmbeddingStore.open(low_store) as b:
         order = [b.index_of(path) for path in a.image_paths()]
         x = a.image_embeddings().astype(np.float32)
         y = b.image_embeddings().astype(np.float32)[order]
@@ -147,26 +158,28 @@ def agreement(fp32_store: Path, bf16_store: Path, encoder) -> dict[str, float]:
     top_x = np.argsort(-(queries @ x.T), axis=1)[:, :k]
     top_y = np.argsort(-(queries @ y.T), axis=1)[:, :k]
     overlap = np.mean([len(set(p) & set(q)) / k for p, q in zip(top_x, top_y, strict=True)])
-    return {"bf16_vs_fp32_mean_cosine": float(cosines.mean()),
-            "bf16_vs_fp32_min_cosine": float(cosines.min()),
-            "bf16_vs_fp32_top10_overlap": float(overlap), "agreement_queries": len(QUERIES)}
+    return {f"{low}_vs_fp32_mean_cosine": float(cosines.mean()),
+            f"{low}_vs_fp32_min_cosine": float(cosines.min()),
+            f"{low}_vs_fp32_top10_overlap": float(overlap), "agreement_queries": len(QUERIES)}
 
 
-def run(quick: bool, *, images: int | None = None) -> dict[str, Any]:
+def run(quick: bool, *, images: int | None = None, device: str = "cpu",
+        batch_size: int = BATCH_SIZE) -> dict[str, Any]:
     """Measure everything on `images` generated photos (quick: 48 with the tiny model; full: 800)."""
     count = images or (48 if quick else 800)
     folder = photo_folder(count)
     paths = sorted(folder.glob("*.jpg"))
     sample = paths[: min(count, 32 if quick else 160)]
+    low = "bf16" if device == "cpu" else "fp16"
     figures: dict[str, Any] = {
         "model": "tiny (quick mode: the ratios are not the claims)" if quick
         else "ViT-B-32-quickgelu (random weights)",
-        "images": count, "image_size": "500x375", "batch_size": BATCH_SIZE,
+        "device": device, "images": count, "image_size": "500x375", "batch_size": batch_size,
         "model_only_images": len(sample), "naive_images": len(sample)}
-    stores = {precision: CACHE_DIR / f"index_{count}_{precision}.h5" for precision in ("fp32", "bf16")}
+    stores = {precision: CACHE_DIR / f"index_{count}_{device}_{precision}.h5" for precision in ("fp32", low)}
     for precision, store in stores.items():
         result = measure_in_subprocess(folder, store, precision, quick=quick, sample=len(sample),
-                                       naive=precision == "fp32")
+                                       naive=precision == "fp32", device=device, batch_size=batch_size)
         if "naive_images_per_s" in result:
             figures["naive_fp32_images_per_s"] = result["naive_images_per_s"]
         figures[f"model_only_{precision}_images_per_s"] = result["model_only_images_per_s"]
@@ -183,25 +196,26 @@ def run(quick: bool, *, images: int | None = None) -> dict[str, Any]:
                                                       / figures[f"model_only_{precision}_images_per_s"])
         figures[f"ratio_e2e_{precision}_vs_naive"] = (figures[f"e2e_{precision}_images_per_s"]
                                                       / figures["naive_fp32_images_per_s"])
-    encoder = benchmark_encoder("fp32", quick=quick)
-    figures.update(agreement(stores["fp32"], stores["bf16"], encoder))
-    print_figures(figures)
+    encoder = benchmark_encoder("fp32", quick=quick, device=device)
+    figures.update(agreement(stores["fp32"], stores[low], encoder, low))
+    print_figures(figures, low)
     return figures
 
 
-def print_figures(figures: dict[str, Any]) -> None:
+def print_figures(figures: dict[str, Any], low: str) -> None:
     rows = [[f"model only {p}", figures[f"model_only_{p}_images_per_s"], "", "", ""]
-            for p in ("fp32", "bf16")]
+            for p in ("fp32", low)]
     rows.append(["naive loop fp32", figures["naive_fp32_images_per_s"], "", "", ""])
-    for p in ("fp32", "bf16"):
+    for p in ("fp32", low):
         rows.append([f"clipwidgets index_images {p}", figures[f"e2e_{p}_images_per_s"],
                      figures[f"ratio_e2e_vs_model_{p}"], figures[f"ratio_e2e_{p}_vs_naive"],
                      figures[f"e2e_{p}_peak_rss_mb"]])
-    print_table(f"Indexing {figures['images']} generated 500x375 JPEGs ({figures['model']})", rows,
+    print_table(f"Indexing {figures['images']} generated 500x375 JPEGs ({figures['model']}, "
+                f"{figures['device']}, batch {figures['batch_size']})", rows,
                 ["path", "images/s", "x model only", "x naive fp32", "peak MiB (RSS + workers USS)"])
-    print(f"bf16 vs fp32: mean cosine {figures['bf16_vs_fp32_mean_cosine']:.4f} "
-          f"(min {figures['bf16_vs_fp32_min_cosine']:.4f}), "
-          f"top-10 overlap {figures['bf16_vs_fp32_top10_overlap']:.2f} over {figures['agreement_queries']} "
+    print(f"{low} vs fp32: mean cosine {figures[f'{low}_vs_fp32_mean_cosine']:.4f} "
+          f"(min {figures[f'{low}_vs_fp32_min_cosine']:.4f}), "
+          f"top-10 overlap {figures[f'{low}_vs_fp32_top10_overlap']:.2f} over {figures['agreement_queries']} "
           "text queries", flush=True)
 
 
@@ -209,12 +223,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--images", type=int, help="number of generated photos (default 800; quick 48)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.job:
         print(json.dumps(to_jsonable(measure_job(json.loads(args.job)))), flush=True)
         return
-    path = write_json(RESULTS_DIR / "indexing.json", run(args.quick, images=args.images))
+    name = "indexing.json" if args.device == "cpu" else f"indexing_{args.device}.json"
+    path = write_json(RESULTS_DIR / name, run(args.quick, images=args.images, device=args.device,
+                                               batch_size=args.batch_size))
     print(f"wrote {path}")
 
 

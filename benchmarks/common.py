@@ -124,14 +124,14 @@ def random_vit_b32_checkpoint(folder: str | Path = RESULTS_DIR / "cache") -> Pat
     return path
 
 
-def benchmark_encoder(precision: str, *, quick: bool):
+def benchmark_encoder(precision: str, *, quick: bool, device: str = "cpu"):
     """The encoder a benchmark measures: random ViT-B/32, or the offline `tiny` model in quick mode."""
     if quick:
         from clipwidgets.model import load_model
 
         with quiet_open_clip():
-            return load_model("tiny", device="cpu", precision=precision)
-    return random_vit_b32(precision)
+            return load_model("tiny", device=device, precision=precision)
+    return random_vit_b32(precision, device=device)
 
 
 def timeit(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> float:

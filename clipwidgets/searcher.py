@@ -797,7 +797,7 @@ def search(store_path: str | os.PathLike[str], query: Any, *, k: int = 10, model
            pretrained: str | None = None, **options: Any) -> SearchResults:
     """One-line search: open the store, load its model (or `model`), rank, close the store.
 
-    `clipwidgets.searcher("store/photos.h5", "a dog", k=5)`; options as in `Searcher.search`.
+    `clipwidgets.search("store/photos.h5", "a dog", k=5)`; options as in `Searcher.search`.
     """
     from .model import load_model
 
