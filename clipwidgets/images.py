@@ -16,8 +16,9 @@ import stat
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
 
@@ -281,18 +282,63 @@ def load_model_inputs(paths: Sequence[str],
     return results
 
 
+class SharedSlots:
+    """`count` uint8 images of `image_size` (height, width) x 3 in shared memory, created by the
+    indexer (no `name`) and attached by its decoding workers (`name`): a worker writes each decoded
+    model input into a slot, so only the slot's number goes through the pipe to the indexer."""
+
+    def __init__(self, count: int, image_size: tuple[int, int], *, name: str | None = None) -> None:
+        self.count = count
+        self.image_size = image_size
+        shape = (count, image_size[0], image_size[1], 3)
+        self.memory = shared_memory.SharedMemory(name=name, create=name is None, size=int(np.prod(shape)))
+        self.array: np.ndarray | None = np.ndarray(shape, dtype=np.uint8, buffer=self.memory.buf)
+
+    @property
+    def worker_args(self) -> tuple[str, int, tuple[int, int]]:
+        """What `init_decode_worker` needs to attach these slots."""
+        return self.memory.name, self.count, self.image_size
+
+    def close(self, *, unlink: bool) -> None:
+        """Drop this process's view; `unlink` (the creator) frees the memory once nobody uses it."""
+        self.array = None
+        self.memory.close()
+        if unlink:
+            self.memory.unlink()
+
+
 _model_idle: Any = None  # a decoding worker's copy of the indexer's "model idle" event, if any
+_slots: SharedSlots | None = None  # a decoding worker's view of the indexer's SharedSlots, if any
 
 
-def init_decode_worker(max_image_pixels: int | None, owner_pid: int, model_idle: Any = None) -> None:
+def decode_into_slots(loader: Callable[[Sequence[str], ModelInputSpec], list[Any]], paths: Sequence[str],
+                      spec: ModelInputSpec, slots: Sequence[int]) -> list[Any]:
+    """`loader(paths, spec)` in a decoding worker, with each model-sized array written into its slot
+    (`slots[i]` for `paths[i]`) and replaced by the slot's number: (slot, (width, height))."""
+    results = loader(paths, spec)
+    if _slots is None or _slots.array is None:
+        return results
+    for i, (result, slot) in enumerate(zip(results, slots, strict=True)):
+        if not isinstance(result, str) and result[0].shape == _slots.array.shape[1:]:
+            _slots.array[slot] = result[0]
+            results[i] = (slot, result[1])
+    return results
+
+
+def init_decode_worker(max_image_pixels: int | None, owner_pid: int, model_idle: Any = None,
+                       slots: tuple[str, int, tuple[int, int]] | None = None) -> None:
     """Set up a decoding worker process: the parent's Pillow limit, Ctrl-C left to the parent, and
     an exit of its own when the owner (the indexing process) is gone, e.g. killed with SIGKILL.
 
     With `model_idle` (a multiprocessing Event), the worker starts a file only while it is set: an
     indexer whose CPU model uses every core clears it while the model runs (see indexing.py).
+    `slots` (name, count, image_size) attaches the indexer's SharedSlots for `decode_into_slots`.
     """
-    global _model_idle
+    global _model_idle, _slots
     _model_idle = model_idle
+    if slots is not None:
+        name, count, image_size = slots
+        _slots = SharedSlots(count, image_size, name=name)
     Image.MAX_IMAGE_PIXELS = max_image_pixels
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_when_gone, args=(owner_pid,), daemon=True).start()

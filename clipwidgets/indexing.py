@@ -26,7 +26,14 @@ import torch
 from PIL import Image
 
 from .errors import InvalidInputError
-from .images import ModelInputSpec, init_decode_worker, load_model_inputs, scan_images
+from .images import (
+    ModelInputSpec,
+    SharedSlots,
+    decode_into_slots,
+    init_decode_worker,
+    load_model_inputs,
+    scan_images,
+)
 from .store import EmbeddingStore, SkippedFile
 
 logger = logging.getLogger(__name__)
@@ -326,8 +333,8 @@ def _decode_in_order(images_dir: Path, relpaths: list[str], spec: ModelInputSpec
         for relpath in relpaths:
             yield relpath, loader([str(images_dir / relpath)], spec)[0]
         return
-    with _DecodePool(workers, spec, loader, model_idle) as pool:
-        yield from pool.decode(images_dir, relpaths, window=window)
+    with _DecodePool(workers, spec, loader, model_idle, window=window) as pool:
+        yield from pool.decode(images_dir, relpaths)
 
 
 def _worker_context() -> Any:
@@ -338,54 +345,74 @@ def _worker_context() -> Any:
 
 
 class _DecodePool:
-    """Worker processes that decode chunks of files; survives a worker dying on a file."""
+    """Worker processes that decode chunks of files; survives a worker dying on a file.
 
-    def __init__(self, workers: int, spec: ModelInputSpec, loader: Loader, model_idle: Any) -> None:
+    Chunk number n in flight owns the shared slots of ring position n % max_in_flight, so a chunk's
+    slots are free again (their pixels copied out) before the chunk that reuses them is submitted.
+    """
+
+    def __init__(self, workers: int, spec: ModelInputSpec, loader: Loader, model_idle: Any, *,
+                 window: int) -> None:
         self.workers = workers
         self.spec = spec
         self.loader = loader
         self.model_idle = model_idle
+        self.chunk_size = max(1, min(8, window // (2 * workers)))
+        self.max_in_flight = max(1, window // self.chunk_size)
+        self.slots = None
+        if spec.supported:  # otherwise the arrays are whole images of any size, sent through the pipe
+            self.slots = SharedSlots(self.max_in_flight * self.chunk_size, spec.image_size)
         self.context = _worker_context()
         self.executor = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
+        slots = None if self.slots is None else self.slots.worker_args
         return ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=init_decode_worker,
-                                   initargs=(Image.MAX_IMAGE_PIXELS, os.getpid(), self.model_idle))
+                                   initargs=(Image.MAX_IMAGE_PIXELS, os.getpid(), self.model_idle, slots))
 
     def __enter__(self) -> _DecodePool:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.slots is not None:
+            self.slots.close(unlink=True)
 
-    def _submit(self, images_dir: Path, chunk: list[str]) -> Future:
-        return self.executor.submit(self.loader, [str(images_dir / path) for path in chunk], self.spec)
+    def _submit(self, images_dir: Path, number: int, chunk: list[str]) -> Future:
+        first = (number % self.max_in_flight) * self.chunk_size
+        paths = [str(images_dir / path) for path in chunk]
+        return self.executor.submit(decode_into_slots, self.loader, paths, self.spec,
+                                    range(first, first + len(chunk)))
 
-    def decode(self, images_dir: Path, relpaths: list[str], *,
-               window: int) -> Iterator[tuple[str, Decoded]]:
-        chunk_size = max(1, min(8, window // (2 * self.workers)))
-        chunks = deque(relpaths[i:i + chunk_size] for i in range(0, len(relpaths), chunk_size))
-        in_flight: deque[tuple[list[str], Future]] = deque()
-        max_in_flight = max(1, window // chunk_size)
+    def _received(self, results: list[Any]) -> list[Decoded]:
+        """Worker results with each slot number replaced by a copy of the slot's pixels."""
+        return [(self.slots.array[result[0]].copy(), result[1])
+                if not isinstance(result, str) and isinstance(result[0], int) else result
+                for result in results]
+
+    def decode(self, images_dir: Path, relpaths: list[str]) -> Iterator[tuple[str, Decoded]]:
+        size = self.chunk_size
+        chunks = deque(enumerate(relpaths[i:i + size] for i in range(0, len(relpaths), size)))
+        in_flight: deque[tuple[int, list[str], Future]] = deque()
         worked = False
         while chunks or in_flight:
             try:
-                while chunks and len(in_flight) < max_in_flight:
-                    in_flight.append((chunks[0], self._submit(images_dir, chunks[0])))
-                    chunks.popleft()
-                results = in_flight[0][1].result()
+                while chunks and len(in_flight) < self.max_in_flight:
+                    number, chunk = chunks.popleft()
+                    in_flight.append((number, chunk, self._submit(images_dir, number, chunk)))
+                results = self._received(in_flight[0][2].result())
             except BrokenProcessPool:
-                chunks.extendleft(reversed([chunk for chunk, _ in in_flight]))
+                chunks.extendleft(reversed([(number, chunk) for number, chunk, _ in in_flight]))
                 in_flight.clear()
                 self._restart()
                 if not worked and not self._workers_start():
-                    yield from self._in_this_process(images_dir, chunks)
+                    yield from self._in_this_process(images_dir, [chunk for _, chunk in chunks])
                     return
                 worked = True
-                yield from self._one_by_one(images_dir, chunks.popleft())
+                yield from self._one_by_one(images_dir, *chunks.popleft())
                 continue
             worked = True
-            yield from zip(in_flight.popleft()[0], results, strict=True)
+            yield from zip(in_flight.popleft()[1], results, strict=True)
 
     def _workers_start(self) -> bool:
         """True when a fresh worker can run an empty task (so a failure came from a file)."""
@@ -395,18 +422,18 @@ class _DecodePool:
             return False
         return True
 
-    def _in_this_process(self, images_dir: Path, chunks: deque[list[str]]) -> Iterator[tuple[str, Decoded]]:
+    def _in_this_process(self, images_dir: Path, chunks: list[list[str]]) -> Iterator[tuple[str, Decoded]]:
         logger.warning("Image decoding worker processes could not start (a script that calls index_images "
                        "needs an `if __name__ == '__main__':` guard); decoding in this process instead.")
         for chunk in chunks:
             yield from zip(chunk, self.loader([str(images_dir / path) for path in chunk], self.spec),
                            strict=True)
 
-    def _one_by_one(self, images_dir: Path, chunk: list[str]) -> Iterator[tuple[str, Decoded]]:
+    def _one_by_one(self, images_dir: Path, number: int, chunk: list[str]) -> Iterator[tuple[str, Decoded]]:
         """Decode a chunk that killed a worker file by file, to skip only the file that does it."""
         for relpath in chunk:
             try:
-                yield relpath, self._submit(images_dir, [relpath]).result()[0]
+                yield relpath, self._received(self._submit(images_dir, number, [relpath]).result())[0]
             except BrokenProcessPool:
                 self._restart()
                 yield relpath, CRASHED
