@@ -357,7 +357,7 @@ class _DecodePool:
         self.spec = spec
         self.loader = loader
         self.model_idle = model_idle
-        self.chunk_size = max(1, min(8, window // (2 * workers)))
+        self.chunk_size = max(1, min(16, window // (2 * workers)))
         self.max_in_flight = max(1, window // self.chunk_size)
         self.slots = None
         if spec.supported:  # otherwise the arrays are whole images of any size, sent through the pipe
