@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--store", required=True, metavar="STORE.h5")
     _add_model_options(index)
     index.add_argument("--batch-size", type=int, default=32, help="images per model call (default: 32)")
-    index.add_argument("--workers", type=int, help="decoding processes (default: a quarter of the cores "
-                       "on CPU, all but one beside a GPU; 0: decode in this process)")
+    index.add_argument("--workers", type=int, help="decoding processes (default: up to 4 beside a CPU "
+                       "model, all cores but one beside a GPU; 0: decode in this process)")
     index.add_argument("--prune", action="store_true", help="remove entries whose files are gone")
     index.add_argument("--json", action="store_true", help="print only a JSON summary on stdout")
     index.set_defaults(run=_run_index)
