@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +41,9 @@ logger = logging.getLogger(__name__)
 COMMIT_OVERHEAD = 0.1  # commit when the time since the last one is >= 1/COMMIT_OVERHEAD x its duration
 MAX_PENDING = 4096  # ... or when this many files wait, whatever the overhead
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model
+DECODE_TIMEOUT_S = 120.0  # a chunk, then a file, still decoding after this long: its worker is killed
 CRASHED = "crashed the image decoder (its worker process died)"
+HUNG = "decoding took longer than {:.0f} s (the decoder was stopped)"  # .format(DECODE_TIMEOUT_S)
 BAD_NAME = "file name is not valid UTF-8; rename the file"
 
 Decoded = tuple[np.ndarray, tuple[int, int]] | str  # (pixels, (width, height)) or a reason
@@ -405,7 +408,7 @@ class _DecodePool:
                 while chunks and len(in_flight) < self.max_in_flight:
                     number, chunk = chunks.popleft()
                     in_flight.append((number, chunk, self._submit(images_dir, number, chunk)))
-                results = self._received(in_flight[0][2].result())
+                results = self._received(self._result(in_flight[0][2]))
             except BrokenProcessPool:
                 chunks.extendleft(reversed([(number, chunk) for number, chunk, _ in in_flight]))
                 in_flight.clear()
@@ -418,6 +421,19 @@ class _DecodePool:
                 continue
             worked = True
             yield from zip(in_flight.popleft()[1], results, strict=True)
+
+    def _result(self, future: Future) -> list[Any]:
+        """A chunk's results; after DECODE_TIMEOUT_S without them, the workers are killed and
+        BrokenProcessPool raised, so that the chunk is retried file by file."""
+        try:
+            return future.result(timeout=DECODE_TIMEOUT_S)
+        except FutureTimeout:
+            self._kill_workers()
+            raise BrokenProcessPool("a decoding worker hung") from None
+
+    def _kill_workers(self) -> None:
+        for process in list(getattr(self.executor, "_processes", {}).values()):  # no public API before 3.14
+            process.kill()
 
     def _workers_start(self) -> bool:
         """True when a fresh worker can run an empty task (so a failure came from a file)."""
@@ -437,8 +453,13 @@ class _DecodePool:
     def _one_by_one(self, images_dir: Path, number: int, chunk: list[str]) -> Iterator[tuple[str, Decoded]]:
         """Decode a chunk that killed a worker file by file, to skip only the file that does it."""
         for relpath in chunk:
+            future = self._submit(images_dir, number, [relpath])
             try:
-                yield relpath, self._received(self._submit(images_dir, number, [relpath]).result())[0]
+                yield relpath, self._received(future.result(timeout=DECODE_TIMEOUT_S))[0]
+            except FutureTimeout:
+                self._kill_workers()
+                self._restart()
+                yield relpath, HUNG.format(DECODE_TIMEOUT_S)
             except BrokenProcessPool:
                 self._restart()
                 yield relpath, CRASHED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -31,6 +32,16 @@ def crash_on_marked_files(paths, spec):
     """
     if any("crash" in Path(path).name for path in paths):
         os._exit(1)
+    return load_model_inputs(paths, spec)
+
+
+def hang_on_marked_files(paths, spec):
+    """A decode function for worker processes that never returns, like a looping decoder, on files
+    named `*hang*`; it writes its process id beside such a file first (`<name>.pid`)."""
+    for path in paths:
+        if "hang" in Path(path).name:
+            Path(path).with_suffix(".pid").write_text(str(os.getpid()))
+            time.sleep(3600)
     return load_model_inputs(paths, spec)
 
 

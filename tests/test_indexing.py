@@ -15,8 +15,14 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from test_images import crash_on_marked_files, write_bad_images, write_good_awkward_images
+from test_images import (
+    crash_on_marked_files,
+    hang_on_marked_files,
+    write_bad_images,
+    write_good_awkward_images,
+)
 
+from clipwidgets import indexing
 from clipwidgets.cli import main
 from clipwidgets.errors import InvalidInputError, ModelMismatchError
 from clipwidgets.images import ModelInputSpec, scan_images
@@ -249,6 +255,21 @@ def test_a_file_that_kills_its_worker_is_skipped_alone(photo_dir, tiny_encoder):
     outcome = dict(results)
     assert outcome.pop("photo_00005_crash.jpg") == CRASHED
     assert all(pixels.shape == (32, 32, 3) for pixels, _ in outcome.values())
+
+
+def test_a_file_whose_decoder_hangs_is_stopped_and_skipped_alone(photo_dir, tiny_encoder, monkeypatch):
+    monkeypatch.setattr(indexing, "DECODE_TIMEOUT_S", 3.0)
+    (photo_dir / "photo_00005_hang.jpg").write_bytes((photo_dir / "photo_00000.jpg").read_bytes())
+    relpaths = list(scan_images(photo_dir))
+    spec = ModelInputSpec.from_meta(tiny_encoder.meta["preprocess"])
+    results = list(_decode_in_order(photo_dir, relpaths, spec, workers=2, window=8,
+                                    loader=hang_on_marked_files))
+    assert [path for path, _ in results] == relpaths
+    outcome = dict(results)
+    assert outcome.pop("photo_00005_hang.jpg") == indexing.HUNG.format(3.0)
+    assert all(pixels.shape == (32, 32, 3) for pixels, _ in outcome.values())
+    hung_worker = int((photo_dir / "photo_00005_hang.pid").read_text())
+    assert not psutil.pid_exists(hung_worker) or psutil.Process(hung_worker).status() == psutil.STATUS_ZOMBIE
 
 
 def test_decoding_workers_wait_while_the_model_runs(photo_dir, tiny_encoder):
