@@ -451,7 +451,7 @@ class _DecodePool:
                            strict=True)
 
     def _one_by_one(self, images_dir: Path, number: int, chunk: list[str]) -> Iterator[tuple[str, Decoded]]:
-        """Decode a chunk that killed a worker file by file, to skip only the file that does it."""
+        """Decode a chunk that killed or hung a worker file by file, to skip only the file that does it."""
         for relpath in chunk:
             future = self._submit(images_dir, number, [relpath])
             try:
