@@ -125,6 +125,7 @@ def measure_job(job: dict[str, Any]) -> dict[str, Any]:
     sampled_store.unlink(missing_ok=True)
     with TreeMemorySampler() as sampler:
         index_images(job["folder"], sampled_store, encoder, batch_size=batch_size, progress=False)
+    sampled_store.unlink()
     figures = {"e2e_images_per_s": len(paths) / seconds, "e2e_report_images_per_s": report.images_per_second,
                "peak_rss_load_mb": load_peak_mb, "peak_rss_tree_mb": sampler.peak_mb}
     for name in before:
