@@ -316,7 +316,7 @@ def decode_into_slots(loader: Callable[[Sequence[str], ModelInputSpec], list[Any
     """`loader(paths, spec)` in a decoding worker, with each model-sized array written into its slot
     (`slots[i]` for `paths[i]`) and replaced by the slot's number: (slot, (width, height))."""
     results = loader(paths, spec)
-    if _slots is None or _slots.array is None:
+    if _slots is None:
         return results
     for i, (result, slot) in enumerate(zip(results, slots, strict=True)):
         if not isinstance(result, str) and result[0].shape == _slots.array.shape[1:]:

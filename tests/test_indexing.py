@@ -245,27 +245,28 @@ def test_refuses_another_model_another_folder_and_bad_options(photo_dir, tmp_pat
         index_images(photo_dir, tmp_path / "new.h5", tiny_encoder, batch_size=0, progress=False)
 
 
-def test_a_file_that_kills_its_worker_is_skipped_alone(photo_dir, tiny_encoder):
-    (photo_dir / "photo_00005_crash.jpg").write_bytes((photo_dir / "photo_00000.jpg").read_bytes())
+def _decode_with_one_bad_copy(photo_dir: Path, encoder, name: str, loader, *, workers: int) -> dict:
+    """Decode the folder plus a copy of one photo called `name` through `loader` in `workers` processes;
+    checks that every file comes back in order, and returns path -> outcome."""
+    (photo_dir / name).write_bytes((photo_dir / "photo_00000.jpg").read_bytes())
     relpaths = list(scan_images(photo_dir))
-    spec = ModelInputSpec.from_meta(tiny_encoder.meta["preprocess"])
-    results = list(_decode_in_order(photo_dir, relpaths, spec, workers=1, window=8,
-                                    loader=crash_on_marked_files))
+    spec = ModelInputSpec.from_meta(encoder.meta["preprocess"])
+    results = list(_decode_in_order(photo_dir, relpaths, spec, workers=workers, window=8, loader=loader))
     assert [path for path, _ in results] == relpaths
-    outcome = dict(results)
+    return dict(results)
+
+
+def test_a_file_that_kills_its_worker_is_skipped_alone(photo_dir, tiny_encoder):
+    outcome = _decode_with_one_bad_copy(photo_dir, tiny_encoder, "photo_00005_crash.jpg",
+                                        crash_on_marked_files, workers=1)
     assert outcome.pop("photo_00005_crash.jpg") == CRASHED
     assert all(pixels.shape == (32, 32, 3) for pixels, _ in outcome.values())
 
 
 def test_a_file_whose_decoder_hangs_is_stopped_and_skipped_alone(photo_dir, tiny_encoder, monkeypatch):
     monkeypatch.setattr(indexing, "DECODE_TIMEOUT_S", 3.0)
-    (photo_dir / "photo_00005_hang.jpg").write_bytes((photo_dir / "photo_00000.jpg").read_bytes())
-    relpaths = list(scan_images(photo_dir))
-    spec = ModelInputSpec.from_meta(tiny_encoder.meta["preprocess"])
-    results = list(_decode_in_order(photo_dir, relpaths, spec, workers=2, window=8,
-                                    loader=hang_on_marked_files))
-    assert [path for path, _ in results] == relpaths
-    outcome = dict(results)
+    outcome = _decode_with_one_bad_copy(photo_dir, tiny_encoder, "photo_00005_hang.jpg",
+                                        hang_on_marked_files, workers=2)
     assert outcome.pop("photo_00005_hang.jpg") == indexing.HUNG.format(3.0)
     assert all(pixels.shape == (32, 32, 3) for pixels, _ in outcome.values())
     hung_worker = int((photo_dir / "photo_00005_hang.pid").read_text())
