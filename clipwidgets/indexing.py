@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import openmp
 from .errors import InvalidInputError
 from .images import (
     ModelInputSpec,
@@ -193,7 +194,9 @@ def _model_turn(model_idle: Any) -> Iterator[None]:
 
     A worker that takes a core from such a model stalls all of its threads, since each step of the
     model waits for its slowest thread: measured on 2 cores, overlapping cost about twice the
-    decoding's own CPU time. Paused, the workers decode while the model waits for its next batch.
+    decoding's own CPU time. Paused, the workers decode while the model waits for its next batch,
+    and torch's OpenMP threads are put to sleep first: left spinning, one takes a core from them
+    (measured: 3 ms less per batch of 32 at bf16, of a ~39 ms pause).
     """
     if model_idle is None:
         yield
@@ -202,6 +205,7 @@ def _model_turn(model_idle: Any) -> Iterator[None]:
     try:
         yield
     finally:
+        openmp.rest_threads()
         model_idle.set()
 
 
