@@ -1,13 +1,18 @@
 """Indexing end to end on generated Flickr8k-like JPEGs, against model-only and a naive loop, in one run.
 
 One subprocess per precision (fp32, the default on CPU, and bf16), so each has its own memory. In it,
-baselines, then clipwidgets, then baselines again (their mean is the baseline), so each ratio compares
-measurements taken under the same machine load:
-- clipwidgets: `index_images` into a fresh store, model loaded and warm; peak memory: the process's
-  high-water mark after loading the model, or its RSS plus its decoding workers' USS while indexing,
-  sampled in a second run into another store (sampling takes CPU time, so the timed run has none);
+model-only baselines alternate with clipwidgets runs (B E B E B E B, 3 rounds in full mode): each
+round's ratio compares its run with the mean of the baselines either side, measured under the same
+machine load, and the figure reported is the median round (this machine's speed drifts by several
+percent from minute to minute; all rounds are kept in the JSON):
+- clipwidgets: `index_images` into a fresh store, model loaded and warm. The time spent inside the
+  model during the run is recorded too: the model's own speed there (it should match model only) and
+  its share of the run (what the rest of the pipeline costs, free of drift between measurements).
+  Peak memory: the process's high-water mark after loading the model, or its RSS plus its decoding
+  workers' USS while indexing, sampled in one more run (sampling takes CPU time, so timed runs have none);
 - model only: `encode_pixels` on pre-decoded, preprocessed batches of 32 (the ceiling);
-- naive loop (fp32 process only): PIL open -> `encoder.preprocess` -> encode one image at a time.
+- naive loop (fp32 process only): PIL open -> `encoder.preprocess` -> encode one image at a time, before
+  the first round and after the last.
 Then bf16 vs fp32 agreement: cosine of the same images' embeddings and top-10 overlap of text searches.
 
 Full mode uses ViT-B/32 with random weights (same compute as the released weights); quick mode uses the
@@ -41,6 +46,7 @@ from benchmarks.common import (
 
 CACHE_DIR = RESULTS_DIR / "cache"
 BATCH_SIZE = 32
+ROUNDS = 3  # full mode: B E B E B E B
 QUERIES = ("a dog running on the grass", "two children playing in the water", "a man riding a bicycle",
            "a red car parked on the street", "people walking in a crowded market", "a cat sleeping on a sofa",
            "a snowy mountain at sunset", "a boy jumping into a swimming pool", "a girl in a pink dress",
@@ -90,10 +96,9 @@ def naive_rate(encoder, paths: list[Path]) -> float:
 def measure_in_subprocess(folder: Path, store_path: Path, precision: str, *, quick: bool, sample: int,
                           naive: bool, device: str, batch_size: int) -> dict[str, Any]:
     """Run `measure_job` in a fresh interpreter (its memory and threads are its own); returns its figures."""
-    store_path.unlink(missing_ok=True)
     job = json.dumps({"folder": str(folder), "store": str(store_path), "precision": precision,
                       "quick": quick, "sample": sample, "naive": naive, "device": device,
-                      "batch_size": batch_size})
+                      "batch_size": batch_size, "rounds": 1 if quick else ROUNDS})
     command = [sys.executable, "-m", "benchmarks.bench_indexing", "--job", job]
     completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
     if completed.returncode != 0:
@@ -102,8 +107,7 @@ def measure_in_subprocess(folder: Path, store_path: Path, precision: str, *, qui
 
 
 def measure_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Inside the subprocess: baselines, `index_images` into a new store, baselines again (A-B-A), so a
-    drift in the machine's load during the run shifts both sides of each ratio alike."""
+    """Inside the subprocess: model-only baselines alternating with `index_images` runs into a new store."""
     import torch
 
     from clipwidgets.indexing import index_images
@@ -115,23 +119,58 @@ def measure_job(job: dict[str, Any]) -> dict[str, Any]:
     load_peak_mb = peak_rss_mb()
     paths = sorted(Path(job["folder"]).glob("*.jpg"))
     sample = paths[: job["sample"]]
-    rates = {"quick": job["quick"], "naive": job["naive"], "batch_size": batch_size}
-    before = baseline_rates(encoder, sample, **rates)
-    start = time.perf_counter()
-    report = index_images(job["folder"], job["store"], encoder, batch_size=batch_size, progress=False)
-    seconds = time.perf_counter() - start
-    after = baseline_rates(encoder, sample, **rates)
+    rates = {"quick": job["quick"], "batch_size": batch_size}
+    baselines = [baseline_rates(encoder, sample, naive=job["naive"], **rates)]
+    runs = []
+    for round_number in range(job["rounds"]):
+        last = round_number == job["rounds"] - 1
+        runs.append(timed_index_run(encoder, job["folder"], Path(job["store"]), batch_size))
+        baselines.append(baseline_rates(encoder, sample, naive=job["naive"] and last, **rates))
     sampled_store = Path(job["store"]).with_suffix(".sampled.h5")
     sampled_store.unlink(missing_ok=True)
     with TreeMemorySampler() as sampler:
         index_images(job["folder"], sampled_store, encoder, batch_size=batch_size, progress=False)
     sampled_store.unlink()
-    figures = {"e2e_images_per_s": len(paths) / seconds, "e2e_report_images_per_s": report.images_per_second,
+    model_only = [baseline["model_only_images_per_s"] for baseline in baselines]
+    for number, run in enumerate(runs):
+        run["model_only_images_per_s"] = (model_only[number] + model_only[number + 1]) / 2
+        run["ratio_e2e_vs_model"] = run["e2e_images_per_s"] / run["model_only_images_per_s"]
+    median_run = sorted(runs, key=lambda run: run["ratio_e2e_vs_model"])[len(runs) // 2]
+    figures = {**median_run, "rounds": runs, "model_only_images_per_s_all": model_only,
                "peak_rss_load_mb": load_peak_mb, "peak_rss_tree_mb": sampler.peak_mb}
-    for name in before:
-        figures[name] = (before[name] + after[name]) / 2
-        figures[f"{name}_before"], figures[f"{name}_after"] = before[name], after[name]
+    if job["naive"]:
+        figures["naive_images_per_s"] = (baselines[0]["naive_images_per_s"]
+                                         + baselines[-1]["naive_images_per_s"]) / 2
+        figures["naive_images_per_s_before"] = baselines[0]["naive_images_per_s"]
+        figures["naive_images_per_s_after"] = baselines[-1]["naive_images_per_s"]
     return figures
+
+
+def timed_index_run(encoder, folder: str, store: Path, batch_size: int) -> dict[str, float]:
+    """One `index_images` run into a new `store`: images/s end to end, and inside the model."""
+    from clipwidgets.indexing import index_images
+
+    store.unlink(missing_ok=True)
+    model_seconds = 0.0
+    encode_pixels = encoder.encode_pixels
+
+    def timed_encode(pixels):
+        nonlocal model_seconds
+        start = time.perf_counter()
+        embeddings = encode_pixels(pixels)
+        model_seconds += time.perf_counter() - start
+        return embeddings
+
+    encoder.encode_pixels = timed_encode
+    try:
+        start = time.perf_counter()
+        report = index_images(folder, store, encoder, batch_size=batch_size, progress=False)
+        seconds = time.perf_counter() - start
+    finally:
+        del encoder.encode_pixels  # the class's method again
+    return {"e2e_images_per_s": report.indexed / seconds, "e2e_report_images_per_s": report.images_per_second,
+            "model_in_run_images_per_s": report.indexed / model_seconds,
+            "model_share_of_run": model_seconds / seconds}
 
 
 def baseline_rates(encoder, sample: list[Path], *, quick: bool, naive: bool,
@@ -189,12 +228,14 @@ def run(quick: bool, *, images: int | None = None, device: str = "cpu",
         figures[f"e2e_{precision}_peak_rss_mb"] = max(result["peak_rss_tree_mb"], result["peak_rss_load_mb"])
         figures[f"e2e_{precision}_peak_rss_model_load_mb"] = result["peak_rss_load_mb"]
         figures[f"e2e_{precision}_peak_rss_indexing_mb"] = result["peak_rss_tree_mb"]
-        for name in ("model_only_images_per_s", "naive_images_per_s"):
-            for when in ("before", "after"):
-                if f"{name}_{when}" in result:
-                    figures[f"{precision}_{name}_{when}"] = result[f"{name}_{when}"]
-        figures[f"ratio_e2e_vs_model_{precision}"] = (figures[f"e2e_{precision}_images_per_s"]
-                                                      / figures[f"model_only_{precision}_images_per_s"])
+        for when in ("before", "after"):
+            if f"naive_images_per_s_{when}" in result:
+                figures[f"naive_fp32_images_per_s_{when}"] = result[f"naive_images_per_s_{when}"]
+        figures[f"ratio_e2e_vs_model_{precision}"] = result["ratio_e2e_vs_model"]
+        figures[f"{precision}_model_in_run_images_per_s"] = result["model_in_run_images_per_s"]
+        figures[f"{precision}_model_share_of_run"] = result["model_share_of_run"]
+        figures[f"{precision}_model_only_images_per_s_all"] = result["model_only_images_per_s_all"]
+        figures[f"{precision}_rounds"] = result["rounds"]
         figures[f"ratio_e2e_{precision}_vs_naive"] = (figures[f"e2e_{precision}_images_per_s"]
                                                       / figures["naive_fp32_images_per_s"])
     encoder = benchmark_encoder("fp32", quick=quick, device=device)
@@ -214,6 +255,12 @@ def print_figures(figures: dict[str, Any], low: str) -> None:
     print_table(f"Indexing {figures['images']} generated 500x375 JPEGs ({figures['model']}, "
                 f"{figures['device']}, batch {figures['batch_size']})", rows,
                 ["path", "images/s", "x model only", "x naive fp32", "peak MiB (RSS + workers USS)"])
+    for p in ("fp32", low):
+        rounds = figures[f"{p}_rounds"]
+        print(f"{p}, {len(rounds)} round(s), median shown above: end to end / model only "
+              + " ".join(f"{r['ratio_e2e_vs_model']:.3f}" for r in rounds) + "; model's share of the run "
+              + " ".join(f"{r['model_share_of_run']:.3f}" for r in rounds) + "; model in the run "
+              + " ".join(f"{r['model_in_run_images_per_s']:.1f}" for r in rounds) + " images/s")
     print(f"{low} vs fp32: mean cosine {figures[f'{low}_vs_fp32_mean_cosine']:.4f} "
           f"(min {figures[f'{low}_vs_fp32_min_cosine']:.4f}), "
           f"top-10 overlap {figures[f'{low}_vs_fp32_top10_overlap']:.2f} over {figures['agreement_queries']} "
