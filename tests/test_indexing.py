@@ -22,7 +22,7 @@ from test_images import (
     write_good_awkward_images,
 )
 
-from clipwidgets import indexing
+from clipwidgets import images, indexing
 from clipwidgets.cli import main
 from clipwidgets.errors import InvalidInputError, ModelMismatchError
 from clipwidgets.images import ModelInputSpec, scan_images
@@ -87,6 +87,24 @@ def test_first_run_indexes_good_files_and_records_bad_ones(collection, tmp_path,
         assert (meta["width"][row], meta["height"][row]) == (40, 60)  # after EXIF rotation
         embeddings = store.image_embeddings().astype(np.float32)
         assert np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-2)
+
+
+def test_even_a_run_of_a_few_files_decodes_in_worker_processes(tmp_path, tiny_encoder, monkeypatch):
+    """A decoder that crashes or hangs must take down a worker, never the indexer (or a notebook's kernel)."""
+    make_photos(tmp_path / "few", 3)
+    decoded_here = []
+    load_model_input = images.load_model_input
+
+    def spy(path, spec):
+        decoded_here.append(path)
+        return load_model_input(path, spec)
+
+    monkeypatch.setattr(images, "load_model_input", spy)  # workers import their own, unpatched copy
+    report = index_images(tmp_path / "few", tmp_path / "pool.h5", tiny_encoder, batch_size=32, progress=False)
+    assert report.indexed == 3
+    assert decoded_here == []
+    index_images(tmp_path / "few", tmp_path / "inline.h5", tiny_encoder, workers=0, progress=False)
+    assert len(decoded_here) == 3  # the spy sees decoding in this process
 
 
 def test_workers_and_in_process_decoding_give_the_same_embeddings(photo_dir, tmp_path, tiny_encoder):
