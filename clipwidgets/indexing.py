@@ -175,8 +175,9 @@ def _encode_all(images_dir: Path, todo: list[str], encoder: Any, committer: _Com
                 batch_size: int, workers: int) -> None:
     spec = ModelInputSpec.from_meta(encoder.meta["preprocess"])
     to_tensor = _Normaliser(encoder, spec)
-    workers = min(workers, len(todo))  # even for a few files: a decoder that crashes or hangs
-    # must take down a worker, not this process (starting the workers costs ~0.1 s)
+    # Workers even for a few files (starting them costs ~0.1 s): a decoder that crashes or hangs
+    # must take down a worker, never this process.
+    workers = min(workers, len(todo))
     model_idle = None
     if workers and encoder.device.startswith("cpu") and torch.get_num_threads() >= _usable_cores():
         model_idle = _worker_context().Event()
