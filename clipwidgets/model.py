@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import socket
 from collections.abc import Iterator, Sequence
@@ -189,7 +190,7 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
     weights, pretrained_label = _resolve_weights(name, pretrained, cache_dir)
     # With weights to load, build straight in the target dtype; `tiny` keeps its fp32 random draws.
     build_dtype = _DTYPES[precision] if weights is not None else torch.float32
-    with torch.random.fork_rng(devices=[]), _default_dtype(build_dtype):
+    with torch.random.fork_rng(devices=[]), _default_dtype(build_dtype), _no_random_init_warning():
         torch.manual_seed(TINY_SEED)
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=weights, load_weights=False, cache_dir=_str(cache_dir),
@@ -282,6 +283,25 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+@contextmanager
+def _no_random_init_warning() -> Iterator[None]:
+    """Hide open_clip's "No pretrained weights loaded ... Model initialized randomly" warning, which it
+    logs for every model it builds without loading weights: `load_model` loads them right after
+    (and `tiny` is random by design), so to a user it would read as a failure that did not happen."""
+    root = logging.getLogger()  # open_clip logs with logging.warning, i.e. on the root logger
+    drop = _DropRandomInitWarning()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _str(path: str | os.PathLike[str] | None) -> str | None:

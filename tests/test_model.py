@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -103,6 +104,21 @@ def test_checkpoint_for_real_architecture_is_loaded(tmp_path):
     expected = model.state_dict()
     for name, tensor in encoder.model.state_dict().items():
         torch.testing.assert_close(tensor, expected[name])
+
+
+def test_loading_does_not_warn_of_random_weights_it_then_loads(tmp_path, caplog):
+    """open_clip warns "No pretrained weights loaded" for every model built without its own loading."""
+    import open_clip
+
+    checkpoint = tmp_path / "rn50.pt"
+    torch.save(open_clip.create_model("RN50-quickgelu", pretrained=None).state_dict(), checkpoint)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_model("RN50-quickgelu", str(checkpoint), device="cpu")
+        load_model("tiny", device="cpu")
+    assert not [record for record in caplog.records if "pretrained weights" in record.getMessage()]
+    logging.warning("No pretrained weights loaded for model 'x'.")  # outside loading: not hidden
+    assert caplog.records[-1].getMessage().startswith("No pretrained weights")
 
 
 def test_safetensors_checkpoint_is_streamed_in_the_target_precision(tmp_path):
