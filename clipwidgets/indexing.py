@@ -357,6 +357,10 @@ def _worker_context() -> Any:
     return context
 
 
+class _DecoderHung(BrokenProcessPool):
+    """A decoding task gave no result for DECODE_TIMEOUT_S; its workers were killed."""
+
+
 class _DecodePool:
     """Worker processes that decode chunks of files; survives a worker dying on a file.
 
@@ -428,13 +432,13 @@ class _DecodePool:
             yield from zip(in_flight.popleft()[1], results, strict=True)
 
     def _result(self, future: Future) -> list[Any]:
-        """A chunk's results; after DECODE_TIMEOUT_S without them, the workers are killed and
-        BrokenProcessPool raised, so that the chunk is retried file by file."""
+        """A task's results; after DECODE_TIMEOUT_S without them, the workers are killed and
+        _DecoderHung (a BrokenProcessPool) raised, so that a chunk is retried file by file."""
         try:
             return future.result(timeout=DECODE_TIMEOUT_S)
         except FutureTimeout:
             self._kill_workers()
-            raise BrokenProcessPool("a decoding worker hung") from None
+            raise _DecoderHung("a decoding worker hung") from None
 
     def _kill_workers(self) -> None:
         for process in list(getattr(self.executor, "_processes", {}).values()):  # no public API before 3.14
@@ -460,9 +464,8 @@ class _DecodePool:
         for relpath in chunk:
             future = self._submit(images_dir, number, [relpath])
             try:
-                yield relpath, self._received(future.result(timeout=DECODE_TIMEOUT_S))[0]
-            except FutureTimeout:
-                self._kill_workers()
+                yield relpath, self._received(self._result(future))[0]
+            except _DecoderHung:
                 self._restart()
                 yield relpath, HUNG.format(DECODE_TIMEOUT_S)
             except BrokenProcessPool:
