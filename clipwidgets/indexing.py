@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from . import openmp
+from .committer import Committer
 from .errors import InvalidInputError
 from .images import (
     ModelInputSpec,
@@ -36,11 +37,9 @@ from .images import (
     load_model_inputs,
     scan_images,
 )
-from .store import EmbeddingStore, SkippedFile
+from .store import EmbeddingStore, StoreDiff
 
 logger = logging.getLogger(__name__)
-COMMIT_OVERHEAD = 0.1  # commit when the time since the last one is >= 1/COMMIT_OVERHEAD x its duration
-MAX_PENDING = 4096  # ... or when this many files wait, whatever the overhead
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model
 DECODE_TIMEOUT_S = 120.0  # a chunk, then a file, still decoding after this long: its worker is killed
 CRASHED = "crashed the image decoder (its worker process died)"
@@ -133,8 +132,19 @@ def _check_store(store: EmbeddingStore, encoder: Any, images_dir: Path) -> None:
                                 f"{images_dir.resolve()}. Index that folder, or use a new store.")
 
 
-def _index(images_dir: Path, store: EmbeddingStore, encoder: Any, *, batch_size: int, workers: int,
-           prune: bool, progress: bool) -> IndexReport:
+@dataclass
+class RunPlan:
+    """What a run has to do, from scanning the folder and diffing it against the store."""
+
+    found: dict[str, tuple[int, int]]  # relpath -> (size, mtime_ns) of every storable image file
+    bad_names: list[str]  # files whose names cannot be stored
+    diff: StoreDiff
+    todo: list[str]  # new and changed files, sorted: what the run encodes
+    report: IndexReport  # started: unchanged, removed and missing are filled in
+
+
+def plan_run(images_dir: Path, store: EmbeddingStore, *, prune: bool) -> RunPlan:
+    """Scan `images_dir`, diff it against `store` and, with `prune`, remove entries whose files are gone."""
     found = scan_images(images_dir)
     bad_names = [path for path in found if not _storable(path)]
     for path in bad_names:
@@ -146,21 +156,33 @@ def _index(images_dir: Path, store: EmbeddingStore, encoder: Any, *, batch_size:
         report.removed = len(diff.removed)
     else:
         report.missing = len(diff.removed)
-    todo = sorted(diff.new + diff.changed)
-    committer = _Committer(store, found, batch_size)
-    with _progress_bar(len(todo), progress) as bar:
-        try:
-            _encode_all(images_dir, todo, encoder, committer, bar, batch_size=batch_size, workers=workers)
-        finally:
-            committer.commit()  # also on Ctrl-C or an error: keep everything fully encoded
+    return RunPlan(found, bad_names, diff, sorted(diff.new + diff.changed), report)
+
+
+def finish_report(plan: RunPlan, store: EmbeddingStore, committer: Committer) -> IndexReport:
+    """The run's report, once everything `committer` received is committed."""
     known_bad = {record.path: record.reason for record in store.skipped()}
-    skipped = {path: known_bad[path] for path in diff.skipped_unchanged}
+    skipped = {path: known_bad[path] for path in plan.diff.skipped_unchanged}
     skipped.update({record.path: record.reason for record in committer.skipped})
-    skipped.update({path: BAD_NAME for path in bad_names})
+    skipped.update({path: BAD_NAME for path in plan.bad_names})
+    report = plan.report
     report.indexed = committer.images_committed
     report.skipped = len(skipped)
     report.skipped_files = [{"path": path, "reason": skipped[path]} for path in sorted(skipped)]
     return report
+
+
+def _index(images_dir: Path, store: EmbeddingStore, encoder: Any, *, batch_size: int, workers: int,
+           prune: bool, progress: bool) -> IndexReport:
+    plan = plan_run(images_dir, store, prune=prune)
+    committer = Committer(store, plan.found, batch_size)
+    with _progress_bar(len(plan.todo), progress) as bar:
+        try:
+            _encode_all(images_dir, plan.todo, encoder, committer, bar, batch_size=batch_size,
+                        workers=workers)
+        finally:
+            committer.commit()  # also on Ctrl-C or an error: keep everything fully encoded
+    return finish_report(plan, store, committer)
 
 
 def _storable(relpath: str) -> bool:
@@ -171,7 +193,7 @@ def _storable(relpath: str) -> bool:
     return True
 
 
-def _encode_all(images_dir: Path, todo: list[str], encoder: Any, committer: _Committer, bar: Any, *,
+def _encode_all(images_dir: Path, todo: list[str], encoder: Any, committer: Committer, bar: Any, *,
                 batch_size: int, workers: int) -> None:
     spec = ModelInputSpec.from_meta(encoder.meta["preprocess"])
     to_tensor = _Normaliser(encoder, spec)
@@ -211,7 +233,7 @@ def _model_turn(model_idle: Any) -> Iterator[None]:
 
 
 def _encode_batches(decoded: Iterator[tuple[str, Decoded]], encoder: Any, to_tensor: _Normaliser,
-                    committer: _Committer, bar: Any, *, batch_size: int, model_idle: Any = None) -> None:
+                    committer: Committer, bar: Any, *, batch_size: int, model_idle: Any = None) -> None:
     paths: list[str] = []
     pixels: list[np.ndarray] = []
     sizes: list[tuple[int, int]] = []
@@ -262,74 +284,6 @@ class _Normaliser:
         batch = torch.empty(channels_last.shape, dtype=torch.float32, device=self.device)
         batch.copy_(channels_last)
         return batch.div_(255).sub_(self.mean).div_(self.std)
-
-
-class _Committer:
-    """Collects encoded images and skipped files; commits them on an adaptive cadence.
-
-    A commit rewrites the whole store, so it costs time proportional to the store's size. It happens
-    once at least `batch_size` files are pending and the time since the last commit is at least 10x
-    that commit's duration (commits take <= ~10% of the run), or once MAX_PENDING files are pending.
-    """
-
-    def __init__(self, store: EmbeddingStore, found: dict[str, tuple[int, int]], batch_size: int) -> None:
-        self.store = store
-        self.found = found
-        self.batch_size = batch_size
-        self.paths: list[str] = []
-        self.embeddings: list[np.ndarray] = []
-        self.widths: list[int] = []
-        self.heights: list[int] = []
-        self.pending_skipped: list[SkippedFile] = []
-        self.skipped: list[SkippedFile] = []
-        self.images_committed = 0
-        self.last_commit_end = time.perf_counter()
-        self.last_commit_seconds = 0.0
-
-    @property
-    def pending(self) -> int:
-        return len(self.paths) + len(self.pending_skipped)
-
-    def add_images(self, paths: list[str], embeddings: np.ndarray, sizes: list[tuple[int, int]]) -> None:
-        self.paths.extend(paths)
-        self.embeddings.append(np.asarray(embeddings, dtype=np.float32))
-        self.widths.extend(width for width, _ in sizes)
-        self.heights.extend(height for _, height in sizes)
-        self._maybe_commit()
-
-    def add_skipped(self, relpath: str, reason: str) -> None:
-        size, mtime_ns = self.found[relpath]
-        record = SkippedFile(relpath, reason, size, mtime_ns)
-        self.pending_skipped.append(record)
-        self.skipped.append(record)
-        self._maybe_commit()
-
-    def _maybe_commit(self) -> None:
-        if self.pending < self.batch_size:
-            return
-        since_last = time.perf_counter() - self.last_commit_end
-        if since_last * COMMIT_OVERHEAD >= self.last_commit_seconds or self.pending >= MAX_PENDING:
-            self.commit()
-
-    def commit(self) -> None:
-        """Write everything pending to the store in one atomic commit."""
-        if not self.pending:
-            return
-        started = time.perf_counter()
-        with self.store.batch():
-            if self.paths:
-                stamps = [self.found[path] for path in self.paths]
-                self.store.add_images(self.paths, np.concatenate(self.embeddings),
-                                      sizes=[size for size, _ in stamps],
-                                      mtimes_ns=[mtime for _, mtime in stamps],
-                                      widths=self.widths, heights=self.heights)
-            if self.pending_skipped:  # a changed file that no longer decodes loses its old row
-                self.store.remove([record.path for record in self.pending_skipped])
-                self.store.add_skipped(self.pending_skipped)
-        self.images_committed += len(self.paths)
-        self.paths, self.embeddings, self.widths, self.heights, self.pending_skipped = [], [], [], [], []
-        self.last_commit_end = time.perf_counter()
-        self.last_commit_seconds = self.last_commit_end - started
 
 
 def _decode_in_order(images_dir: Path, relpaths: list[str], spec: ModelInputSpec, *, workers: int,

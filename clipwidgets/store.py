@@ -44,6 +44,16 @@ _STRING = h5py.string_dtype("utf-8")
 
 
 @dataclass(frozen=True)
+class VectorBlock:
+    """A run of image vectors as search reads them: `vectors[i]` is the embedding of store row
+    `rows[i]`, or of a deleted image where `rows[i]` is -1 (never a result). Format v1 stores are one
+    block; a segmented store gives one per segment, memory-mapped."""
+
+    vectors: np.ndarray  # (n, dim) in the store's dtype, read-only
+    rows: np.ndarray  # (n,) int64
+
+
+@dataclass(frozen=True)
 class SkippedFile:
     """A file the indexer could not embed, remembered so an unchanged one is not retried."""
 
@@ -291,6 +301,10 @@ class EmbeddingStore:
     def image_embeddings(self) -> np.ndarray:
         """All image embeddings, (N, D) in the store dtype; the array is shared, not copied."""
         return self._view.image_embeddings
+
+    def vector_blocks(self) -> list[VectorBlock]:
+        """The image embeddings as blocks for search (see VectorBlock); rows in store order."""
+        return [VectorBlock(self.image_embeddings(), np.arange(self.num_images, dtype=np.int64))]
 
     def image_meta(self) -> dict[str, np.ndarray]:
         view = self._view
