@@ -3,7 +3,8 @@
 Runs the real CLI in a subprocess per precision, on generated 500x375 JPEGs, with random ViT-B/32
 weights loaded from a safetensors checkpoint (the released weights' loading path), and samples the
 process tree every 0.2 s: the indexer's RSS plus its decoding workers' USS. Not part of `run.py`'s
-suite: it takes about 12 minutes on 2 cores (fp32 ~8, bf16 ~3).
+suite: it takes about 12 minutes on 2 cores (fp32 ~8, bf16 ~3). bf16 is skipped, with a note, on CPUs
+without native bf16.
 
     python -m benchmarks.bench_index_memory [--images 10000] [--folder DIR] [--precision fp32 bf16]
 """
@@ -18,7 +19,14 @@ import time
 from pathlib import Path
 
 from benchmarks.bench_indexing import photo_folder
-from benchmarks.common import RESULTS_DIR, TreeMemorySampler, random_vit_b32_checkpoint, write_json
+from benchmarks.common import (
+    RESULTS_DIR,
+    TreeMemorySampler,
+    bf16_skip_note,
+    cpu_supports_bf16,
+    random_vit_b32_checkpoint,
+    write_json,
+)
 
 
 def measure(folder: Path, precision: str) -> dict[str, float]:
@@ -50,6 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     folder = args.folder or photo_folder(args.images)
     figures = {"folder": str(folder)}
     for precision in args.precision:
+        if precision == "bf16" and not cpu_supports_bf16():
+            figures["bf16_note"] = bf16_skip_note()
+            print(figures["bf16_note"], flush=True)
+            continue
         figures[precision] = measure(folder, precision)
         print(precision, json.dumps(figures[precision]), flush=True)
     print(f"wrote {write_json(RESULTS_DIR / 'index_memory.json', figures)}")

@@ -23,6 +23,8 @@ import numpy as np
 from benchmarks.common import (
     RESULTS_DIR,
     VIT_B32,
+    bf16_skip_note,
+    cpu_supports_bf16,
     print_table,
     quick_main,
     random_vit_b32_checkpoint,
@@ -166,7 +168,7 @@ def _execute(client: Any, code: str) -> dict[str, Any]:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    """Kernel RSS at fp32 and bf16 (quick: tiny model, 500 images)."""
+    """Kernel RSS at fp32 and bf16 (bf16 only where native; quick: tiny model, 500 images)."""
     count = 500 if quick else FLICKR8K_IMAGES
     if quick:
         model, pretrained = "tiny", None
@@ -179,7 +181,12 @@ def run(quick: bool) -> dict[str, Any]:
         "images": count, "captions": count * CAPTIONS_PER_IMAGE, "per_page": 24,
         "target_mb": 1.5e9 / 2**20}
     rows = []
-    for precision in ("fp32", "bf16"):
+    precisions = ["fp32", "bf16"]
+    if not cpu_supports_bf16():
+        precisions.remove("bf16")
+        figures["bf16_note"] = bf16_skip_note()
+        print(figures["bf16_note"], flush=True)
+    for precision in precisions:
         steps = kernel_memory(store, model, pretrained, precision)
         figures[f"{precision}_steps"] = steps
         figures[f"{precision}_rss_mb"] = max(step["peak_mb"] for step in steps)

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.common import print_table, quick_main, random_vit_b32, timeit
+from benchmarks.common import (
+    bf16_skip_note,
+    cpu_supports_bf16,
+    print_table,
+    quick_main,
+    random_vit_b32,
+    timeit,
+)
 
 
 def images_per_second(encoder, *, batch_size: int, repeats: int) -> float:
@@ -21,10 +28,11 @@ def images_per_second(encoder, *, batch_size: int, repeats: int) -> float:
 
 
 def precisions() -> list[tuple[str, str]]:
-    """(device, precision) pairs to measure here: fp32 and bf16 on CPU, plus fp16 on CUDA."""
+    """(device, precision) pairs to measure here: fp32 and bf16 on CPU (bf16 only where it is native),
+    plus fp32, bf16 and fp16 on CUDA."""
     import torch
 
-    pairs = [("cpu", "fp32"), ("cpu", "bf16")]
+    pairs = [("cpu", "fp32")] + ([("cpu", "bf16")] if cpu_supports_bf16() else [])
     if torch.cuda.is_available():
         pairs += [("cuda", "fp32"), ("cuda", "bf16"), ("cuda", "fp16")]
     return pairs
@@ -35,6 +43,9 @@ def run(quick: bool) -> dict[str, Any]:
     batch_size, repeats = (8, 2) if quick else (32, 3)
     figures: dict[str, Any] = {"model": "ViT-B-32-quickgelu (random weights)", "batch_size": batch_size}
     rows = []
+    if not cpu_supports_bf16():
+        figures["bf16_note"] = bf16_skip_note()
+        print(figures["bf16_note"], flush=True)
     for device, precision in precisions():
         encoder = random_vit_b32(precision, device=device)
         if device == "cuda":

@@ -66,13 +66,22 @@ def _cpu_model() -> str:
 
 
 def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bfloat16 instructions (AVX512-BF16 or AMX), as oneDNN sees them."""
-    import torch
+    """True when the CPU computes bfloat16 natively (AVX512-BF16, AMX or ARM BF16).
 
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    oneDNN's own check (`torch.ops.mkldnn._is_mkldnn_bf16_supported`) is not used: it is also true
+    on AVX512 CPUs without bf16 instructions, where bf16 runs emulated, several times slower.
+    """
+    from clipwidgets.cpu import native_bf16
+
+    return native_bf16()
+
+
+def bf16_skip_note() -> str:
+    """Why the bf16 figures are missing on this CPU (printed and recorded by the benchmarks)."""
+    from clipwidgets.cpu import missing_bf16_feature
+
+    return (f"bf16 skipped: this CPU lacks {missing_bf16_feature()}, so torch would emulate bfloat16 "
+            "(about 7x slower than fp32)")
 
 
 @contextlib.contextmanager
@@ -91,7 +100,8 @@ def random_vit_b32(precision: str = "fp32", *, device: str = "cpu", seed: int = 
     import open_clip
     import torch
 
-    from clipwidgets.model import _DTYPES, Encoder, _embed_dim, _preprocess_meta
+    from clipwidgets.model import _DTYPES, Encoder
+    from clipwidgets.open_clip_compat import embed_dim, preprocess_meta
 
     with quiet_open_clip(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -100,8 +110,8 @@ def random_vit_b32(precision: str = "fp32", *, device: str = "cpu", seed: int = 
     meta = {
         "name": VIT_B32,
         "pretrained": f"random-seed-{seed}",
-        "embed_dim": _embed_dim(model),
-        "preprocess": _preprocess_meta(model),
+        "embed_dim": embed_dim(model),
+        "preprocess": preprocess_meta(model),
         "open_clip_version": open_clip.__version__,
     }
     return Encoder(model, preprocess, open_clip.get_tokenizer(VIT_B32),

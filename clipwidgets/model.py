@@ -8,10 +8,10 @@ cannot be reached.
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +23,16 @@ import open_clip
 import torch
 from PIL import Image
 
+from . import cpu
+from .checkpoints import load_weights
 from .errors import InvalidInputError, ModelLoadError
+from .open_clip_compat import (
+    check_version,
+    embed_dim,
+    encode_tokens_cut,
+    hub_weight_candidates,
+    preprocess_meta,
+)
 
 DEFAULT_MODEL = "ViT-B-32-quickgelu"
 DEFAULT_PRETRAINED = "openai"
@@ -57,16 +66,33 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """Return "fp32", "bf16" or "fp16"; "auto" is fp16 on CUDA and fp32 elsewhere.
+class PrecisionWarning(UserWarning):
+    """bf16 was asked for on a CPU without native bfloat16; fp32 is used instead."""
 
-    On CPU, "bf16" casts the model's weights to bfloat16 (about 3.5x faster than fp32 on CPUs with
-    bf16 support); autocast is never used, since on CPU it is slower than fp32.
+
+def resolve_precision(precision: str, device: str, *, name: str | None = None) -> str:
+    """Return "fp32", "bf16" or "fp16" for `precision` on `device`.
+
+    "auto" is fp16 on CUDA. On CPU it is bf16 where the CPU computes bfloat16 natively (AVX512-BF16,
+    AMX or ARM BF16: about 3x faster than fp32, embeddings within cosine 0.9999 of fp32's) and fp32
+    elsewhere; the offline `tiny` test model (`name`) stays fp32, so tests agree on every CPU.
+    On CPU, "bf16" casts the model's weights to bfloat16 (autocast is never used: on CPU it is
+    slower than fp32). Without native bf16, torch emulates it about 7x slower than fp32, so asking
+    for it there warns (PrecisionWarning, naming the missing CPU feature) and returns "fp32".
     """
     if precision not in PRECISIONS:
         raise InvalidInputError(f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
+    on_cpu = device.startswith("cpu")
     if precision == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
+        if device.startswith("cuda"):
+            return "fp16"
+        return "bf16" if on_cpu and name != TINY_MODEL and cpu.native_bf16() else "fp32"
+    if precision == "bf16" and on_cpu and not cpu.native_bf16():
+        warnings.warn(f"precision 'bf16' was asked for, but this CPU has no native bfloat16 (it lacks "
+                      f"{cpu.missing_bf16_feature()}): torch would emulate it, about 7x slower than fp32. "
+                      "Using fp32 instead; pass precision 'fp32' or 'auto' (--precision auto) to choose "
+                      "it without this warning.", PrecisionWarning, stacklevel=3)
+        return "fp32"
     return precision
 
 
@@ -124,7 +150,7 @@ class Encoder:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         tokens = self.tokenizer(list(texts)).to(self.device)
-        return _normalised_numpy(_encode_tokens_cut(self.model, tokens))
+        return _normalised_numpy(encode_tokens_cut(self.model, tokens))
 
 
 def _reuse_freed_memory() -> None:
@@ -149,29 +175,6 @@ def _normalised_numpy(features: torch.Tensor) -> np.ndarray:
     return features.cpu().numpy()
 
 
-def _encode_tokens_cut(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip's `encode_text` computed only up to the last end-of-text position of the batch."""
-    pool_type = getattr(model, "text_pool_type", None)
-    if not hasattr(model, "token_embedding") or pool_type not in ("argmax", "eos"):
-        return model.encode_text(tokens)  # custom text towers (HF): no cut
-    if pool_type == "argmax":
-        end = tokens.argmax(dim=-1)
-    else:
-        end = (tokens == model.text_eos_id).int().argmax(dim=-1)
-    length = int(end.max()) + 1
-    tokens = tokens[:, :length]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
-    x = model.transformer(x, attn_mask=mask)
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), end]
-    if isinstance(model.text_projection, torch.nn.Linear):
-        return model.text_projection(x)
-    return x @ model.text_projection if model.text_projection is not None else x
-
-
 def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED, *,
                device: str = "auto", precision: str = "auto",
                cache_dir: str | os.PathLike[str] | None = None) -> Encoder:
@@ -179,16 +182,18 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
 
     `name` is any open_clip architecture (see `list_models()`) or "tiny", the offline test model with
     deterministic random weights. `pretrained` is an open_clip tag (e.g. "openai") or the path of a
-    local checkpoint file; it is ignored for "tiny".
+    local checkpoint file; for "tiny" only a checkpoint file counts (else its random weights).
+    `precision` is "auto", "fp32", "bf16" or "fp16" (see `resolve_precision`).
     """
     if name not in open_clip.list_models():
         raise ModelLoadError(f"Unknown model {name!r}. Use 'tiny' for the offline test model, "
                              f"or one of open_clip's models, e.g. {DEFAULT_MODEL!r} "
                              "(clipwidgets.list_models() lists them all).")
+    check_version()
     device = resolve_device(device)
-    precision = resolve_precision(precision, device)
+    precision = resolve_precision(precision, device, name=name)
     weights, pretrained_label = _resolve_weights(name, pretrained, cache_dir)
-    # With weights to load, build straight in the target dtype; `tiny` keeps its fp32 random draws.
+    # With weights to load, build straight in the target dtype; random `tiny` keeps its fp32 draws.
     build_dtype = _DTYPES[precision] if weights is not None else torch.float32
     with torch.random.fork_rng(devices=[]), _default_dtype(build_dtype), _no_random_init_warning():
         torch.manual_seed(TINY_SEED)
@@ -199,17 +204,13 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETR
     # of the model is ever in memory (that copy is what pushed a notebook kernel past 2 GB).
     model = model.to(dtype=_DTYPES[precision])
     if weights is not None:
-        try:
-            _load_weights(model, weights)
-        except (RuntimeError, OSError, KeyError, ValueError) as error:
-            raise ModelLoadError(f"Could not load weights {pretrained_label!r} into {name!r}: {error}. "
-                                 "Check that the checkpoint was saved from this architecture.") from error
+        load_weights(model, weights, model_name=name)
     model = model.to(device)
     meta = {
         "name": name,
         "pretrained": pretrained_label,
-        "embed_dim": _embed_dim(model),
-        "preprocess": _preprocess_meta(model),
+        "embed_dim": embed_dim(model),
+        "preprocess": preprocess_meta(model),
         "open_clip_version": open_clip.__version__,
     }
     return Encoder(model, preprocess, open_clip.get_tokenizer(name),
@@ -224,54 +225,6 @@ def _tag_preprocess(name: str, pretrained: str | None) -> dict[str, Any]:
     cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
     keys = ("mean", "std", "interpolation", "resize_mode")
     return {f"image_{key}": cfg[key] for key in keys if key in cfg}
-
-
-_READ_BYTES = 8 << 20
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
-                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-
-
-@torch.no_grad()
-def _load_weights(model: torch.nn.Module, path: str) -> None:
-    """Copy a checkpoint into `model` (already in its final dtype), one tensor at a time for safetensors.
-
-    Tensors are read with plain file reads, not a memory map, so the file's pages never count as the
-    process's memory. Files whose keys need open_clip's conversions (other layouts, resized position
-    embeddings) go through `open_clip.load_checkpoint`, which holds one full copy in memory.
-    """
-    if path.endswith(".safetensors"):
-        targets = model.state_dict()
-        with open(path, "rb") as file:
-            header_size = int.from_bytes(file.read(8), "little")
-            entries = json.loads(file.read(header_size))
-            entries.pop("__metadata__", None)
-            if set(entries) == set(targets) and all(
-                    tuple(entries[key]["shape"]) == tuple(targets[key].shape)
-                    and entries[key]["dtype"] in _SAFETENSORS_DTYPES for key in entries):
-                for key, target in targets.items():
-                    _copy_tensor(file, 8 + header_size, entries[key], target)
-                return
-    open_clip.load_checkpoint(model, path)
-
-
-def _copy_tensor(file: Any, data_start: int, entry: dict[str, Any], target: torch.Tensor) -> None:
-    """Copy one stored tensor into `target`, reading at most about _READ_BYTES at a time."""
-    begin, end = entry["data_offsets"]
-    dtype, shape = _SAFETENSORS_DTYPES[entry["dtype"]], entry["shape"]
-    if end == begin:
-        return
-    if not shape:  # a scalar
-        file.seek(data_start + begin)
-        target.copy_(torch.frombuffer(bytearray(file.read(end - begin)), dtype=dtype).reshape(()))
-        return
-    row_bytes = (end - begin) // shape[0]
-    rows_per_read = max(1, _READ_BYTES // row_bytes)
-    for first in range(0, shape[0], rows_per_read):
-        count = min(rows_per_read, shape[0] - first)
-        file.seek(data_start + begin + first * row_bytes)
-        chunk = torch.frombuffer(bytearray(file.read(count * row_bytes)), dtype=dtype)
-        target[first:first + count].copy_(chunk.reshape(count, *shape[1:]))
 
 
 @contextmanager
@@ -308,31 +261,10 @@ def _str(path: str | os.PathLike[str] | None) -> str | None:
     return None if path is None else str(path)
 
 
-def _embed_dim(model: torch.nn.Module) -> int:
-    projection = getattr(model, "text_projection", None)
-    if isinstance(projection, torch.nn.Linear):
-        return projection.out_features
-    if projection is not None:
-        return int(projection.shape[1])
-    return int(model.visual.output_dim)
-
-
-def _preprocess_meta(model: torch.nn.Module) -> dict[str, Any]:
-    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
-    size = cfg.get("size", model.visual.image_size)
-    return {
-        "image_size": list(size) if isinstance(size, (list, tuple)) else [size, size],
-        "mean": list(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
-        "std": list(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
-        "interpolation": cfg.get("interpolation", "bicubic"),
-        "resize_mode": cfg.get("resize_mode", "shortest"),
-    }
-
-
 def _resolve_weights(name: str, pretrained: str | None,
                      cache_dir: str | os.PathLike[str] | None) -> tuple[str | None, str]:
     """Return (what to pass open_clip as `pretrained`, the label stores record)."""
-    if name == TINY_MODEL:
+    if name == TINY_MODEL and not (pretrained and Path(pretrained).expanduser().is_file()):
         return None, f"random-seed-{TINY_SEED}"
     if not pretrained:
         raise ModelLoadError(f"No weights given for {name!r}: pass a pretrained tag such as "
@@ -359,11 +291,10 @@ def _cached_or_downloaded(name: str, tag: str, cache_dir: str | os.PathLike[str]
     if not hub:
         raise ModelLoadError(f"Weights {name}/{tag} are only published at {cfg.get('url')}; download "
                              "that file and pass its path as `pretrained`.")
-    repo_id, filename = hub.rstrip("/"), open_clip.pretrained.HF_WEIGHTS_NAME
+    repo_id, filename = hub.rstrip("/"), None
     if not hub.endswith("/"):
         repo_id, filename = os.path.split(hub)
-    # open_clip prefers a safetensors copy when the hub has one; so do we.
-    candidates = [*open_clip.pretrained._get_safe_alternatives(filename), filename]
+    candidates = hub_weight_candidates(filename)  # a safetensors copy first, as open_clip does
     for candidate in candidates:
         cached = try_to_load_from_cache(repo_id, candidate, cache_dir=_str(cache_dir))
         if isinstance(cached, str):

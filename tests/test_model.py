@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from clipwidgets import cpu
 from clipwidgets.errors import InvalidInputError, ModelLoadError
 from clipwidgets.model import (
-    _encode_tokens_cut,
+    PrecisionWarning,
     _reachable,
     load_model,
     resolve_device,
     resolve_precision,
 )
+from clipwidgets.open_clip_compat import encode_tokens_cut
 from clipwidgets.synthetic import make_photo
 
 
@@ -56,7 +58,7 @@ def test_text_cut_equals_open_clip_encode_text(tiny_encoder):
     tokens = tiny_encoder.tokenizer(texts)
     with torch.no_grad():
         reference = tiny_encoder.model.encode_text(tokens, normalize=True).numpy()
-        cut = _encode_tokens_cut(tiny_encoder.model, tokens)
+        cut = encode_tokens_cut(tiny_encoder.model, tokens)
     assert cut.shape[1] == 64
     np.testing.assert_allclose(tiny_encoder.encode_texts(texts), reference, atol=1e-5)
 
@@ -69,7 +71,17 @@ def test_text_cut_handles_full_length_text(tiny_encoder):
     np.testing.assert_allclose(tiny_encoder.encode_texts([long_text]), reference, atol=1e-5)
 
 
-def test_bf16_encoder_agrees_with_fp32(tiny_encoder):
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """Set the CPU feature flags clipwidgets.cpu reports: cpu_flags({"avx2"})."""
+    def set_flags(flags, machine="x86_64"):
+        monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
+    return set_flags
+
+
+def test_bf16_encoder_agrees_with_fp32(tiny_encoder, cpu_flags):
+    cpu_flags({"avx2", "avx512f", "avx512_bf16"})
     bf16 = load_model("tiny", precision="bf16")
     assert bf16.precision == "bf16" and bf16.dtype == torch.bfloat16
     images = [make_photo(i, (64, 64)) for i in range(3)]
@@ -99,7 +111,7 @@ def test_checkpoint_for_real_architecture_is_loaded(tmp_path):
     model = open_clip.create_model("RN50-quickgelu", pretrained=None)
     checkpoint = tmp_path / "rn50.pt"
     torch.save(model.state_dict(), checkpoint)
-    encoder = load_model("RN50-quickgelu", str(checkpoint), device="cpu")
+    encoder = load_model("RN50-quickgelu", str(checkpoint), device="cpu", precision="fp32")
     assert encoder.meta["pretrained"].startswith("checkpoint:rn50.pt:")
     expected = model.state_dict()
     for name, tensor in encoder.model.state_dict().items():
@@ -205,10 +217,44 @@ def test_device_and_precision_resolution():
     with pytest.raises(InvalidInputError, match="Unknown device"):
         resolve_device("tpu")
     assert resolve_precision("auto", "cuda") == "fp16"
-    assert resolve_precision("auto", "cpu") == "fp32"
-    assert resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("bf16", "cuda") == "bf16"
     with pytest.raises(InvalidInputError, match="Unknown precision"):
         resolve_precision("int4", "cpu")
+
+
+@pytest.mark.parametrize("flags, machine", [({"avx512f", "avx512_bf16"}, "x86_64"),
+                                            ({"amx_bf16"}, "x86_64"), ({"asimd", "bf16"}, "aarch64")])
+def test_native_bf16_is_used_and_chosen_by_auto(cpu_flags, flags, machine):
+    cpu_flags(flags, machine)
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("auto", "cpu", name="ViT-B-32-quickgelu") == "bf16"
+    assert resolve_precision("auto", "cpu", name="tiny") == "fp32"  # tests agree on every CPU
+
+
+@pytest.mark.parametrize("flags, machine, missing", [
+    ({"avx2", "avx512f", "avx512bw"}, "x86_64", "avx512_bf16 or amx_bf16"),  # AVX512 without bf16
+    ({"avx2", "fma"}, "x86_64", "avx512_bf16 or amx_bf16"),
+    ({"asimd"}, "aarch64", "bf16")])
+def test_bf16_without_native_support_warns_and_uses_fp32(cpu_flags, flags, machine, missing):
+    cpu_flags(flags, machine)
+    assert resolve_precision("auto", "cpu", name="ViT-B-32-quickgelu") == "fp32"
+    with pytest.warns(PrecisionWarning, match=f"lacks {missing}") as caught:
+        assert resolve_precision("bf16", "cpu") == "fp32"
+    assert "Using fp32" in str(caught[0].message)
+    with pytest.warns(PrecisionWarning, match="no native bfloat16"):
+        encoder = load_model("tiny", device="cpu", precision="bf16")
+    assert encoder.precision == "fp32" and encoder.dtype == torch.float32
+
+
+def test_cli_bf16_without_native_support_warns_on_stderr(cpu_flags, photo_dir, tmp_path, capsys):
+    from clipwidgets.cli import main
+
+    cpu_flags({"avx2"})
+    store = tmp_path / "s.h5"
+    with pytest.warns(PrecisionWarning, match="avx512_bf16 or amx_bf16"):
+        status = main(["index", str(photo_dir), "--store", str(store), "--model", "tiny",
+                       "--precision", "bf16", "--workers", "0", "--json"])
+    assert status == 0 and store.exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc setting")
@@ -223,3 +269,58 @@ def test_cpu_encoder_lets_freed_memory_be_reused(tiny_encoder):
 
     page_faults_of_a_64_mb_block()
     assert page_faults_of_a_64_mb_block() < 1000  # fresh pages would fault 16,384 times (4 KiB each)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    """The tiny model's weights as a .pt and a .safetensors file, and damaged copies of both."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    state = {name: tensor.contiguous() for name, tensor in
+             load_model("tiny", device="cpu", precision="fp32").model.state_dict().items()}
+    torch.save(state, folder / "tiny.pt")
+    save_file(state, folder / "tiny.safetensors")
+    pt, safe = (folder / "tiny.pt").read_bytes(), (folder / "tiny.safetensors").read_bytes()
+    damaged = {
+        "empty.pt": b"", "empty.safetensors": b"",
+        "random.pt": np.random.default_rng(0).bytes(4096),
+        "random.safetensors": np.random.default_rng(1).bytes(4096),
+        "truncated.pt": pt[: len(pt) // 2], "truncated.safetensors": safe[: len(safe) // 2],
+        "header-only.safetensors": safe[:40], "short.safetensors": safe[:5],
+        "notes.pt": b"these are my notes, not a model\n" * 20,
+        "list.safetensors": len(b"[1, 2]").to_bytes(8, "little") + b"[1, 2]",
+    }
+    for name, data in damaged.items():
+        (folder / name).write_bytes(data)
+    return folder, state, sorted(damaged)
+
+
+def test_tiny_model_loads_its_checkpoints(tiny_checkpoints):
+    folder, state, _ = tiny_checkpoints
+    for name in ("tiny.pt", "tiny.safetensors"):
+        encoder = load_model("tiny", str(folder / name), device="cpu", precision="fp32")
+        assert encoder.meta["pretrained"].startswith(f"checkpoint:{name}:")
+        for key, tensor in encoder.model.state_dict().items():
+            torch.testing.assert_close(tensor, state[key])
+
+
+@pytest.mark.parametrize("index", range(10))
+def test_damaged_checkpoint_is_a_model_load_error_naming_the_file(tiny_checkpoints, index):
+    folder, _, names = tiny_checkpoints
+    path = folder / names[index]
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("tiny", str(path), device="cpu", precision="fp32")
+    assert str(path) in str(caught.value)
+    assert "checkpoint" in str(caught.value)
+
+
+def test_cli_damaged_checkpoint_exits_2_without_traceback(tiny_checkpoints, photo_dir, tmp_path):
+    folder, _, _ = tiny_checkpoints
+    result = subprocess.run([sys.executable, "-m", "clipwidgets.cli", "index", str(photo_dir),
+                             "--store", str(tmp_path / "s.h5"), "--model", "tiny",
+                             "--pretrained", str(folder / "truncated.pt")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "truncated.pt" in result.stderr and "error:" in result.stderr
