@@ -17,7 +17,20 @@ from .errors import ClipWidgetsError, InvalidInputError
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    """Print `value` as JSON in ASCII: valid JSON on any terminal encoding, and a file name that is
+    not valid UTF-8 comes back exactly (its undecodable bytes are written as \\udcXX escapes,
+    which `os.fsencode(json.loads(...))` turns back into the bytes)."""
+    print(json.dumps(value, indent=2, ensure_ascii=True))
+
+
+def _safe_output() -> None:
+    """Make printing never fail on a character the terminal's encoding lacks (a file name with
+    undecodable bytes under a UTF-8 locale, or any non-ASCII name under an ASCII one): such
+    characters are written as backslash escapes instead of raising UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
 
 
 def _load_encoder(args: argparse.Namespace, store_meta: dict[str, Any] | None = None):
@@ -319,6 +332,7 @@ def _run_search(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `clipwidgets` command; returns the exit status."""
+    _safe_output()
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
