@@ -103,17 +103,36 @@ class ThumbnailCache:
             return None
 
     def _write_disk(self, key: tuple, data: bytes) -> None:
-        """Store a thumbnail atomically; a read-only or full disk only costs the speed-up."""
+        """Store a thumbnail atomically; a read-only or full disk only costs the speed-up.
+
+        The bytes go to a temporary file that is renamed into place once complete. When a write
+        fails (ENOSPC, a quota, a file-size limit) the temporary file is removed, and so is the
+        subfolder made for it if it is still empty: a failed write leaves nothing behind.
+        """
         path = self._disk_path(key)
         if path is None:
             return
+        temporary: str | None = None
+        made_folder = not path.parent.is_dir()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+            descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(descriptor, "wb") as handle:
                 handle.write(data)
-            os.replace(handle.name, path)
+            os.replace(temporary, path)
         except OSError:
-            return
+            _remove_quietly(temporary, path.parent if made_folder else None)
+
+
+def _remove_quietly(file: str | None, folder: Path | None) -> None:
+    """Remove a temporary file and an empty folder left by a failed write; never raises."""
+    try:
+        if file is not None:
+            os.unlink(file)
+        if folder is not None:
+            folder.rmdir()
+    except OSError:
+        pass
 
 
 def disk_cache_dir(store_path: str | os.PathLike[str]) -> Path:
