@@ -50,7 +50,7 @@ FILL_AND_GET = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not hasattr(os, "setpgid") or sys.platform != "linux", reason="RLIMIT_FSIZE on Linux")
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE on Linux")
 @pytest.mark.parametrize("limit", [0, 300])
 def test_write_failure_leaves_no_files_and_serves_from_memory(store_path, tmp_path, limit):
     """A file-size limit makes every write past `limit` bytes fail, as a full disk does."""
