@@ -143,8 +143,8 @@ def _run_index(args: argparse.Namespace) -> int:
         return 0
     found = report.indexed + report.unchanged + report.skipped
     if found == 0:
-        print(f"No images found in {args.images_dir} (looked for .jpg, .png, .webp, .gif, .bmp, .tif "
-              "and similar, in subfolders too; hidden files are ignored).")
+        print(f"No images found in {args.images_dir} (looked for .jpg, .png, .webp, .heic, .avif, .gif, "
+              ".bmp, .tif and similar, in subfolders too; hidden files are ignored).")
     print(f"{args.store}: indexed {report.indexed:,} images in {report.seconds:.1f} s "
           f"({report.images_per_second:.1f} images/s); {report.unchanged:,} unchanged, "
           f"{report.skipped:,} skipped, {report.removed:,} removed.")

@@ -26,10 +26,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageDecodeError
+from .image_formats import AVIF_EXTENSIONS, HEIF_EXTENSIONS, missing_codec
 
+# AVIF and HEIC/HEIF are listed even where their codec is missing: such files are reported as
+# skipped with the package to install, not silently ignored.
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib",
-    ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm",
+    ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", *AVIF_EXTENSIONS, *HEIF_EXTENSIONS,
 })
 _IGNORED_DIRS = frozenset({"__MACOSX"})
 _TRANSPARENT_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
@@ -113,7 +116,7 @@ def _decode(path: Path, draft_size: tuple[int, int] | None) -> tuple[Image.Image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageDecodeError(_bomb_reason(error)) from error
     except UnidentifiedImageError as error:
-        raise ImageDecodeError("not an image (format not recognised)") from error
+        raise ImageDecodeError(missing_codec(path) or "not an image (format not recognised)") from error
     except FileNotFoundError as error:
         raise ImageDecodeError("file not found") from error
     except PermissionError as error:
