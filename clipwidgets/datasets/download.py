@@ -2,7 +2,8 @@
 
 A transfer writes `<file>.part`; an interrupted transfer resumes it with an HTTP Range request
 (automatically up to `retries` times, and again on the next call). Only a complete, verified file
-is renamed to its final name.
+is renamed to its final name. A disk that fills up (a stream without Content-Length cannot be
+checked in advance) is a DatasetError saying so, never an OSError traceback.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from ..errors import DatasetError
+from .archives import DISK_FULL
 
 CONNECT_TIMEOUT_S = 15.0
 CHUNK_BYTES = 1 << 20
@@ -113,7 +116,17 @@ def _transfer(url: str, partial: Path, *, space_factor: float, timeout: float,
         if total is not None:
             check_free_space(partial.parent, int((total - have) + (space_factor - 1.0) * total),
                              what=f"{partial.name[:-5]} ({_gigabytes(total)})")
-        received = have
+        received = _append(response, partial, have, total, progress=progress, url=url)
+    if total is not None and received < total:
+        raise _Interrupted(received, total, "the connection closed early")
+    return total
+
+
+def _append(response: Any, partial: Path, have: int, total: int | None, *, progress: bool, url: str) -> int:
+    """Append the response body to `partial`; returns the bytes it then holds. A full disk (also the
+    only limit on a stream without Content-Length) is a DatasetError that keeps the partial file."""
+    received = have
+    try:
         with open(partial, "ab" if have else "wb") as file, _progress_bar(
                 total, have, partial.name[:-5], progress) as bar:
             while True:
@@ -122,13 +135,17 @@ def _transfer(url: str, partial: Path, *, space_factor: float, timeout: float,
                 except (http.client.HTTPException, OSError) as error:
                     raise _Interrupted(received, total, str(error) or type(error).__name__) from error
                 if not block:
-                    break
+                    return received
                 file.write(block)
                 received += len(block)
                 bar.update(len(block))
-    if total is not None and received < total:
-        raise _Interrupted(received, total, "the connection closed early")
-    return total
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        message = (f"The disk holding {partial.parent} filled up after {received:,} bytes of {url} "
+                   f"({error.strerror}). Free some space (or choose another data folder) and run the same "
+                   f"command again: the partial file {partial} is kept and resumed.")
+        raise DatasetError(message) from error
 
 
 def _progress_bar(total: int | None, initial: int, name: str, enabled: bool):

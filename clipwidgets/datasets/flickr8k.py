@@ -14,9 +14,7 @@ manifest (trust on first use) and later downloads must match it, as must any `ch
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -25,7 +23,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import DatasetError
+from .archives import extract_member, extracted_bytes, skipped_member, zip_problem
 from .download import DownloadError, check_free_space, download_file, sha256_of
+from .manifest import manifest_problems, read_manifest, summary, write_manifest
 
 BASE_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k"
 URL_ENV = "CLIPWIDGETS_FLICKR8K_URL"
@@ -42,7 +42,6 @@ CROWDFLOWER_FILE = "CrowdFlowerAnnotations.txt"
 MANIFEST_FILE = ".flickr8k.json"
 SOURCE_PREFIX = "flickr8k#"
 EXTRACTED_PER_ARCHIVE_BYTE = 1.2  # room the extracted files need per archive byte (JPEGs barely compress)
-_MANIFEST_VERSION = 1
 
 
 class Flickr8kWarning(UserWarning):
@@ -274,11 +273,11 @@ def download_flickr8k(data_dir: str | os.PathLike[str] = "Data", *, base_url: st
     archives in `from_dir` are never touched. Returns a summary dictionary.
     """
     paths = flickr8k_paths(data_dir)
-    manifest = _read_manifest(paths)
+    manifest = read_manifest(paths)
     if manifest is not None:
-        problems = _manifest_problems(paths, manifest)
+        problems = manifest_problems(paths, manifest)
         if not problems:
-            return _summary(paths, manifest, "present")
+            return summary(paths, manifest, "present")
     urls = archive_urls(base_url)
     recorded = (manifest or {}).get("archives", {})
     expected = {name: (checksums or {}).get(name) or recorded.get(name, {}).get("sha256")
@@ -288,29 +287,32 @@ def download_flickr8k(data_dir: str | os.PathLike[str] = "Data", *, base_url: st
     digests: dict[str, str] = {}
     for name in ARCHIVES:
         if from_dir is not None:
-            archives[name], digests[name] = _local_archive(Path(from_dir) / name, expected[name],
-                                                           paths.data_dir)
+            archives[name], digests[name] = _local_archive(Path(from_dir) / name, expected[name])
         else:
             archives[name] = paths.data_dir / name
             digests[name] = _fetch_archive(urls, name, archives[name], expected[name], retries=retries,
                                            progress=progress)
-    _check_zip(archives[IMAGES_ARCHIVE], downloaded=from_dir is None)
-    _check_zip(archives[TEXT_ARCHIVE], downloaded=from_dir is None)
-    _extract_images(archives[IMAGES_ARCHIVE], paths.images, progress=progress)
-    extracted_texts = _extract_texts(archives[TEXT_ARCHIVE], paths.data_dir)
+    images = _checked_members(archives[IMAGES_ARCHIVE], _image_members, paths, downloaded=from_dir is None)
+    texts = _checked_members(archives[TEXT_ARCHIVE], _text_members, paths, downloaded=from_dir is None)
+    needed = extracted_bytes(info for info, target in images if not _extracted(info, target))
+    check_free_space(paths.data_dir, needed + extracted_bytes(info for info, _ in texts),
+                     what="the files extracted from the archives (their uncompressed sizes)")
+    _extract(archives[IMAGES_ARCHIVE], images, progress=progress)
+    _extract(archives[TEXT_ARCHIVE], texts, progress=False, overwrite=True)
+    extracted_texts = [target.name for _, target in texts]
     problems = layout_problems(paths, expected_images=expected_images)
     if problems:
         raise DatasetError(f"The Flickr8k extracted into {paths.data_dir} is incomplete: "
                            f"{'; '.join(problems)}. The archives do not hold the expected files: fetch "
                            "them again.")
-    manifest = _write_manifest(paths, extracted_texts, {
+    manifest = write_manifest(paths, extracted_texts, {
         name: {"sha256": digests[name], "size": archives[name].stat().st_size,
                "source": str(archives[name]) if from_dir is not None else urls[name]}
         for name in ARCHIVES})
     if from_dir is None and not keep_archives:
         for archive in archives.values():
             archive.unlink()
-    return _summary(paths, manifest, "extracted" if from_dir is not None else "downloaded")
+    return summary(paths, manifest, "extracted" if from_dir is not None else "downloaded")
 
 
 def layout_problems(paths: Flickr8kPaths, *, expected_images: int | None = IMAGE_COUNT) -> list[str]:
@@ -351,12 +353,10 @@ def _fetch_archive(urls: dict[str, str], name: str, destination: Path, sha256: s
                            f"A mirror can be named with ${URL_ENV}.") from error
 
 
-def _local_archive(path: Path, sha256: str | None, data_dir: Path) -> tuple[Path, str]:
+def _local_archive(path: Path, sha256: str | None) -> tuple[Path, str]:
     if not path.is_file():
         raise DatasetError(f"{path} does not exist: --from-dir must be the folder holding {IMAGES_ARCHIVE} "
                            f"and {TEXT_ARCHIVE}.")
-    check_free_space(data_dir, int(path.stat().st_size * EXTRACTED_PER_ARCHIVE_BYTE),
-                     what=f"the files extracted from {path.name}")
     digest = sha256_of(path)
     if sha256 is not None and digest != sha256.lower():
         raise DatasetError(f"Checksum mismatch for {path}: expected sha256 {sha256.lower()}, got {digest}. "
@@ -364,74 +364,78 @@ def _local_archive(path: Path, sha256: str | None, data_dir: Path) -> tuple[Path
     return path, digest
 
 
-def _check_zip(archive: Path, *, downloaded: bool) -> None:
-    """Refuse archives that are not zips, fail their CRC check, or hold unsafe member names."""
-    problem = None
-    try:
-        with zipfile.ZipFile(archive) as zipped:
-            bad = zipped.testzip()
-            unsafe = [name for name in zipped.namelist() if _unsafe_member(name)]
-        if bad is not None:
-            problem = f"its member {bad!r} fails the CRC check (the file is damaged)"
-        elif unsafe:
-            problem = f"it holds members that would be written outside the data folder: {unsafe[:3]}"
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        problem = f"it is not a readable zip archive ({error})"
+_Members = list[tuple[zipfile.ZipInfo, Path]]  # (archive member, where it is extracted to)
+
+
+def _checked_members(archive: Path, members: Callable[[zipfile.ZipFile, Flickr8kPaths], _Members],
+                     paths: Flickr8kPaths, *, downloaded: bool) -> _Members:
+    """(member, target) pairs to extract from `archive`, once it is known to be whole and of the
+    expected layout; a refused archive that was downloaded is deleted, so the next call fetches it anew."""
+    problem = zip_problem(archive)
     if problem is None:
-        return
+        try:
+            with zipfile.ZipFile(archive) as zipped:
+                return members(zipped, paths)
+        except _LayoutProblem as layout:
+            problem = str(layout)
     fix = "It was deleted; run the command again to download it afresh." if downloaded else "Fetch it again."
     if downloaded:
         archive.unlink(missing_ok=True)
     raise DatasetError(f"{archive} was refused: {problem}. {fix}")
 
 
-def _unsafe_member(name: str) -> bool:
-    posix = PurePosixPath(name.replace("\\", "/"))
-    return posix.is_absolute() or ".." in posix.parts or (len(name) > 1 and name[1] == ":")
+class _LayoutProblem(Exception):
+    """An archive member that does not fit the Flickr8k layout (the message says which)."""
 
 
-def _skipped_member(info: zipfile.ZipInfo) -> bool:
-    parts = PurePosixPath(info.filename).parts
-    return info.is_dir() or not parts or parts[0] == "__MACOSX" or parts[-1].startswith("._")
+def _image_members(zipped: zipfile.ZipFile, paths: Flickr8kPaths) -> _Members:
+    """The image archive's `Flicker8k_Dataset/*` files and where each goes under `Images/`."""
+    pairs = []
+    for info in zipped.infolist():
+        parts = PurePosixPath(info.filename).parts
+        if skipped_member(info) or parts[0] not in IMAGE_FOLDERS:
+            continue
+        if len(parts) == 1:
+            raise _LayoutProblem(f"its member {info.filename!r} is a file named like the image folder; "
+                                 "it is not the Flickr8k image archive")
+        pairs.append((info, paths.images.joinpath(*parts[1:])))
+    if not pairs:
+        raise _LayoutProblem(f"it holds no {IMAGE_FOLDERS[0]}/ folder; it is not the Flickr8k image archive")
+    return pairs
 
 
-def _extract_images(archive: Path, images_dir: Path, *, progress: bool) -> None:
-    """Write the archive's `Flicker8k_Dataset/*` files into `images_dir` (files already there are kept)."""
+def _text_members(zipped: zipfile.ZipFile, paths: Flickr8kPaths) -> _Members:
+    """The text archive's files, flattened into the data folder; none may replace the image folder,
+    the manifest or an archive."""
+    data_dir, reserved = paths.data_dir, {paths.images.name, MANIFEST_FILE, *ARCHIVES}
+    pairs = []
+    for info in zipped.infolist():
+        if skipped_member(info):
+            continue
+        name = PurePosixPath(info.filename).name
+        if name in reserved or name.endswith(".tmp"):
+            raise _LayoutProblem(f"its member {info.filename!r} would replace {data_dir / name}; it is not "
+                                 "the Flickr8k text archive")
+        pairs.append((info, data_dir / name))
+    if TOKEN_FILE not in {target.name for _, target in pairs}:
+        raise _LayoutProblem(f"it holds no {TOKEN_FILE}; it is not the Flickr8k text archive")
+    return pairs
+
+
+def _extracted(info: zipfile.ZipInfo, target: Path) -> bool:
+    return target.is_file() and target.stat().st_size == info.file_size
+
+
+def _extract(archive: Path, members: _Members, *, progress: bool,
+             overwrite: bool = False) -> None:
+    """Write the members to their targets (unless `overwrite`, those already there with their size stay)."""
     from tqdm.auto import tqdm
 
-    images_dir.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(archive) as zipped:
-        members = [info for info in zipped.infolist() if not _skipped_member(info)
-                   and PurePosixPath(info.filename).parts[0] in IMAGE_FOLDERS]
-        if not members:
-            raise DatasetError(f"{archive} holds no {IMAGE_FOLDERS[0]}/ folder; it is not the Flickr8k "
-                               "image archive.")
-        for info in tqdm(members, desc="extracting images", unit="file", disable=not progress, leave=False):
-            target = images_dir.joinpath(*PurePosixPath(info.filename).parts[1:])
-            if not target.is_file() or target.stat().st_size != info.file_size:
-                _extract_member(zipped, info, target)
-
-
-def _extract_texts(archive: Path, data_dir: Path) -> list[str]:
-    """Write every text file of the archive into `data_dir` (flattened); returns their names."""
-    names = []
-    with zipfile.ZipFile(archive) as zipped:
-        for info in zipped.infolist():
-            if not _skipped_member(info):
-                name = PurePosixPath(info.filename).name
-                _extract_member(zipped, info, data_dir / name)
-                names.append(name)
-    if TOKEN_FILE not in names:
-        raise DatasetError(f"{archive} holds no {TOKEN_FILE}; it is not the Flickr8k text archive.")
-    return names
-
-
-def _extract_member(zipped: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".tmp")
-    with zipped.open(info) as source, open(temporary, "wb") as sink:
-        shutil.copyfileobj(source, sink, 1 << 20)
-    temporary.replace(target)
+        for info, target in tqdm(members, desc=f"extracting {archive.name}", unit="file",
+                                 disable=not progress, leave=False):
+            if overwrite or not _extracted(info, target):
+                extract_member(zipped, info, target)
 
 
 # -------------------------------------------------------------------------------------------- index
@@ -499,56 +503,3 @@ def index_flickr8k(data_dir: str | os.PathLike[str], store_path: str | os.PathLi
             "subsets": subsets, "issues": issues,
         }
     return summary
-
-
-# ------------------------------------------------------------------------------------------ manifest
-
-
-def _read_manifest(paths: Flickr8kPaths) -> dict[str, Any] | None:
-    try:
-        manifest = json.loads(paths.manifest.read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and manifest.get("version") == _MANIFEST_VERSION else None
-
-
-def _write_manifest(paths: Flickr8kPaths, texts: list[str], archives: dict[str, Any]) -> dict[str, Any]:
-    images = {entry.name: entry.stat().st_size for entry in os.scandir(paths.images) if entry.is_file()}
-    manifest = {
-        "version": _MANIFEST_VERSION,
-        "archives": archives,
-        "texts": {name: sha256_of(paths.data_dir / name) for name in sorted(texts)},
-        "images": dict(sorted(images.items())),
-    }
-    temporary = paths.manifest.with_name(MANIFEST_FILE + ".tmp")
-    temporary.write_text(json.dumps(manifest, indent=1))
-    temporary.replace(paths.manifest)
-    return manifest
-
-
-def _manifest_problems(paths: Flickr8kPaths, manifest: dict[str, Any]) -> list[str]:
-    """Differences between the files on disk and the manifest (sizes of images, sha256 of texts)."""
-    problems = []
-    for name, digest in manifest.get("texts", {}).items():
-        file = paths.data_dir / name
-        if not file.is_file() or sha256_of(file) != digest:
-            problems.append(f"{name} is missing or changed")
-    try:
-        sizes = {entry.name: entry.stat().st_size for entry in os.scandir(paths.images)}
-    except OSError:
-        return [*problems, f"{paths.images} is missing"]
-    changed = [name for name, size in manifest.get("images", {}).items() if sizes.get(name) != size]
-    if changed:
-        problems.append(f"{len(changed)} images are missing or changed (e.g. {changed[0]})")
-    return problems
-
-
-def _summary(paths: Flickr8kPaths, manifest: dict[str, Any], status: str) -> dict[str, Any]:
-    return {
-        "status": status,
-        "data_dir": str(paths.data_dir),
-        "images": len(manifest.get("images", {})),
-        "text_files": sorted(manifest.get("texts", {})),
-        "archives": manifest.get("archives", {}),
-        "manifest": str(paths.manifest),
-    }
