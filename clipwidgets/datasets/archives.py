@@ -19,8 +19,10 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import DatasetError
 
-__all__ = ["DISK_FULL", "extract_member", "extracted_bytes", "skipped_member", "unsafe_member",
-           "zip_problem"]
+__all__ = ["DISK_FULL", "Members", "extract_all", "extract_member", "extracted_bytes", "is_extracted",
+           "skipped_member", "unsafe_member", "zip_problem"]
+
+Members = list[tuple[zipfile.ZipInfo, Path]]  # (archive member, the file it is extracted to)
 
 # errno values meaning "no room for more bytes": a full disk, a quota, a file-size limit.
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -85,3 +87,19 @@ def extract_member(zipped: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def is_extracted(info: zipfile.ZipInfo, target: Path) -> bool:
+    """True when `target` is a file of the member's size (taken as extracted before)."""
+    return target.is_file() and target.stat().st_size == info.file_size
+
+
+def extract_all(archive: Path, members: Members, *, progress: bool, overwrite: bool = False) -> None:
+    """Extract `members` of `archive`; unless `overwrite`, targets already extracted are kept."""
+    from tqdm.auto import tqdm
+
+    with zipfile.ZipFile(archive) as zipped:
+        for info, target in tqdm(members, desc=f"extracting {archive.name}", unit="file",
+                                 disable=not progress, leave=False):
+            if overwrite or not is_extracted(info, target):
+                extract_member(zipped, info, target)

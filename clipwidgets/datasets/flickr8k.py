@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import DatasetError
-from .archives import extract_member, extracted_bytes, skipped_member, zip_problem
+from .archives import Members, extract_all, extracted_bytes, is_extracted, skipped_member, zip_problem
 from .download import DownloadError, check_free_space, download_file, sha256_of
 from .manifest import manifest_problems, read_manifest, summary, write_manifest
 
@@ -294,11 +294,11 @@ def download_flickr8k(data_dir: str | os.PathLike[str] = "Data", *, base_url: st
                                            progress=progress)
     images = _checked_members(archives[IMAGES_ARCHIVE], _image_members, paths, downloaded=from_dir is None)
     texts = _checked_members(archives[TEXT_ARCHIVE], _text_members, paths, downloaded=from_dir is None)
-    needed = extracted_bytes(info for info, target in images if not _extracted(info, target))
+    needed = extracted_bytes(info for info, target in images if not is_extracted(info, target))
     check_free_space(paths.data_dir, needed + extracted_bytes(info for info, _ in texts),
                      what="the files extracted from the archives (their uncompressed sizes)")
-    _extract(archives[IMAGES_ARCHIVE], images, progress=progress)
-    _extract(archives[TEXT_ARCHIVE], texts, progress=False, overwrite=True)
+    extract_all(archives[IMAGES_ARCHIVE], images, progress=progress)
+    extract_all(archives[TEXT_ARCHIVE], texts, progress=False, overwrite=True)
     extracted_texts = [target.name for _, target in texts]
     problems = layout_problems(paths, expected_images=expected_images)
     if problems:
@@ -364,11 +364,8 @@ def _local_archive(path: Path, sha256: str | None) -> tuple[Path, str]:
     return path, digest
 
 
-_Members = list[tuple[zipfile.ZipInfo, Path]]  # (archive member, where it is extracted to)
-
-
-def _checked_members(archive: Path, members: Callable[[zipfile.ZipFile, Flickr8kPaths], _Members],
-                     paths: Flickr8kPaths, *, downloaded: bool) -> _Members:
+def _checked_members(archive: Path, members: Callable[[zipfile.ZipFile, Flickr8kPaths], Members],
+                     paths: Flickr8kPaths, *, downloaded: bool) -> Members:
     """(member, target) pairs to extract from `archive`, once it is known to be whole and of the
     expected layout; a refused archive that was downloaded is deleted, so the next call fetches it anew."""
     problem = zip_problem(archive)
@@ -388,7 +385,7 @@ class _LayoutProblem(Exception):
     """An archive member that does not fit the Flickr8k layout (the message says which)."""
 
 
-def _image_members(zipped: zipfile.ZipFile, paths: Flickr8kPaths) -> _Members:
+def _image_members(zipped: zipfile.ZipFile, paths: Flickr8kPaths) -> Members:
     """The image archive's `Flicker8k_Dataset/*` files and where each goes under `Images/`."""
     pairs = []
     for info in zipped.infolist():
@@ -404,7 +401,7 @@ def _image_members(zipped: zipfile.ZipFile, paths: Flickr8kPaths) -> _Members:
     return pairs
 
 
-def _text_members(zipped: zipfile.ZipFile, paths: Flickr8kPaths) -> _Members:
+def _text_members(zipped: zipfile.ZipFile, paths: Flickr8kPaths) -> Members:
     """The text archive's files, flattened into the data folder; none may replace the image folder,
     the manifest or an archive."""
     data_dir, reserved = paths.data_dir, {paths.images.name, MANIFEST_FILE, *ARCHIVES}
@@ -420,22 +417,6 @@ def _text_members(zipped: zipfile.ZipFile, paths: Flickr8kPaths) -> _Members:
     if TOKEN_FILE not in {target.name for _, target in pairs}:
         raise _LayoutProblem(f"it holds no {TOKEN_FILE}; it is not the Flickr8k text archive")
     return pairs
-
-
-def _extracted(info: zipfile.ZipInfo, target: Path) -> bool:
-    return target.is_file() and target.stat().st_size == info.file_size
-
-
-def _extract(archive: Path, members: _Members, *, progress: bool,
-             overwrite: bool = False) -> None:
-    """Write the members to their targets (unless `overwrite`, those already there with their size stay)."""
-    from tqdm.auto import tqdm
-
-    with zipfile.ZipFile(archive) as zipped:
-        for info, target in tqdm(members, desc=f"extracting {archive.name}", unit="file",
-                                 disable=not progress, leave=False):
-            if overwrite or not _extracted(info, target):
-                extract_member(zipped, info, target)
 
 
 # -------------------------------------------------------------------------------------------- index
