@@ -58,7 +58,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="open_clip model name, or 'tiny' (default: the store's "
                         "model, else ViT-B-32-quickgelu)")
     parser.add_argument("--pretrained", help="pretrained tag or checkpoint file (default: openai)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                        help="auto (default): fp16 on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16, "
+                        "AMX, ARM BF16), else fp32; bf16 on a CPU without it warns and uses fp32")
 
 
 def build_parser() -> argparse.ArgumentParser:
