@@ -246,7 +246,7 @@ def test_bf16_without_native_support_warns_and_uses_fp32(cpu_flags, flags, machi
     assert encoder.precision == "fp32" and encoder.dtype == torch.float32
 
 
-def test_cli_bf16_without_native_support_warns_on_stderr(cpu_flags, photo_dir, tmp_path, capsys):
+def test_cli_bf16_without_native_support_warns_and_indexes_in_fp32(cpu_flags, photo_dir, tmp_path, capsys):
     from clipwidgets.cli import main
 
     cpu_flags({"avx2"})
