@@ -98,7 +98,7 @@ class ThumbnailCache:
         if path is None:
             return None
         try:
-            return path.read_bytes()
+            return path.read_bytes() or None  # an empty file (a crash mid-write elsewhere) is a miss
         except OSError:
             return None
 

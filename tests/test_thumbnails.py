@@ -97,3 +97,16 @@ def test_full_disk_leaves_no_files_and_serves_from_memory(store_path, full_tmpfs
         assert cache.get(1) == first and first[:2] == b"\xff\xd8"
     assert (cache.stats.made, cache.stats.memory_hits) == (1, 1)
     assert files_under(full_tmpfs) == []
+
+
+def test_empty_cached_file_is_a_miss_and_is_rewritten(store_path, tmp_path):
+    from clipwidgets.thumbnails import ThumbnailCache
+
+    disk = tmp_path / "thumbs"
+    with EmbeddingStore.open(store_path) as store:
+        first = ThumbnailCache(store, disk_dir=disk).get(2)
+        (cached,) = [disk / name for name in files_under(disk)]
+        cached.write_bytes(b"")
+        fresh = ThumbnailCache(store, disk_dir=disk)
+        assert fresh.get(2) == first and fresh.stats.made == 1
+    assert cached.read_bytes() == first
