@@ -106,7 +106,7 @@ class Encoder:
 
     def __init__(self, model: torch.nn.Module, preprocess: Any, tokenizer: Any, *,
                  device: str, precision: str, meta: dict[str, Any]) -> None:
-        self.model = model.eval()
+        self.model: Any = model.eval()  # an open_clip CLIP: encode_image, encode_text
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.device = device
