@@ -49,7 +49,8 @@ def test_search_with_marks_equals_a_search_for_the_rocchio_vector(searcher, stor
 
 
 def test_weights_decide_how_far_the_query_moves(searcher):
-    strong = searcher.search("a photo", k=1, positive=[17], feedback_weights=FeedbackWeights(alpha=0.01, beta=1))
+    strong = searcher.search("a photo", k=1, positive=[17],
+                             feedback_weights=FeedbackWeights(alpha=0.01, beta=1))
     assert strong[0].index == 17  # the query is (almost) the marked image itself
     weak = searcher.search("a photo", k=30, positive=[17], feedback_weights=FeedbackWeights(beta=0))
     assert [h.index for h in weak] == [h.index for h in searcher.search("a photo", k=30)]
