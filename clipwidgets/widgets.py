@@ -269,6 +269,16 @@ class SearchPanel(widgets.VBox):
         """Call `callback(panel)` after every page the panel shows (the embedding map uses this)."""
         self._listeners.append(callback)
 
+    def query_vector(self) -> np.ndarray | None:
+        """The unit query vector the current ranking uses (feedback included), or None."""
+        request = self._request
+        if request is None or self.searcher is None:
+            return None
+        from .feedback import apply_feedback
+
+        vector, _ = self.searcher.query_vector(self._query_of(request), negative=request.negative)
+        return apply_feedback(self.searcher, vector, "", request.positive, request.negative_images, None)[0]
+
     def ranked_rows(self) -> list[int]:
         """Store rows of the current ranking fetched so far, best first."""
         return self._ranking.rows() if self._ranking is not None else []
