@@ -115,9 +115,8 @@ class EmbeddingMap:
         except ImportError as error:
             raise InvalidInputError("The map is drawn with jupyter-scatter: pip install "
                                     '"clipwidgets[map]".') from error
-        self.scatter = jscatter.Scatter(x=self.coords[:, 0], y=self.coords[:, 1], height=height,
-                                        lasso_initiator=True, axes=False)
-        self.scatter.size(by=np.zeros(len(self.coords)), map=[3, 12], norm=(0, 1))
+        self.scatter = jscatter.Scatter(x=self.coords[:, 0], y=self.coords[:, 1], height=height, axes=False)
+        self.scatter.size(by=np.zeros(len(self.coords)), map=[4, 14], norm=(0, 1))
         self.highlighted: np.ndarray = np.zeros(0, dtype=np.int64)
         self.color(color_by)
         self.widget = self.scatter.widget
@@ -157,7 +156,7 @@ class EmbeddingMap:
         sizes = np.zeros(len(self.coords), dtype=np.float32)
         self.highlighted = np.asarray(sorted(int(row) for row in rows), dtype=np.int64)
         sizes[self.highlighted] = 1
-        self.scatter.size(by=sizes, map=[3, 12], norm=(0, 1))
+        self.scatter.size(by=sizes, map=[4, 14], norm=(0, 1))
 
     def select(self, rows: Any) -> None:
         """Select `rows` on the map, as a lasso would (the linked panel shows them)."""

@@ -29,10 +29,10 @@ class Card:
                               layout=_SMALL)
         detail = widgets.Button(description="open", tooltip="Show the large image, path and captions",
                                 layout=_SMALL)
-        self.relevant = widgets.ToggleButton(description="＋", tooltip="Mark: more like this one "
-                                             "(used by Refine)", layout=widgets.Layout(width="48px"))
-        self.irrelevant = widgets.ToggleButton(description="－", tooltip="Mark: fewer like this "
-                                               "(used by Refine)", layout=widgets.Layout(width="48px"))
+        self.relevant = widgets.ToggleButton(description="more", icon="thumbs-up", tooltip="Mark: more "
+                                             "like this one (used by Refine)", layout=_SMALL)
+        self.irrelevant = widgets.ToggleButton(description="fewer", icon="thumbs-down", tooltip="Mark: "
+                                               "fewer like this (used by Refine)", layout=_SMALL)
         self.relevant.add_class("clipwidgets-mark-relevant")
         self.irrelevant.add_class("clipwidgets-mark-irrelevant")
         self._quiet = False

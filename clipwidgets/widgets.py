@@ -392,7 +392,8 @@ class SearchPanel(widgets.VBox):
             value=MIN_SCORE_OFF, min=MIN_SCORE_OFF, max=1.0, step=0.01, description="min score",
             style={"description_width": "initial"}, layout=widgets.Layout(width="150px"))
         self.refine_button = widgets.Button(description="Refine with marks", disabled=True,
-                                            tooltip="Rank again: towards the images marked ＋, away from －")
+                                            tooltip="Rank again: towards the images marked 'more', "
+                                            "away from 'fewer'")
         self.undo_button = widgets.Button(description="Undo mark", disabled=True)
         self.marks_label = widgets.HTML()
         self.label_box = widgets.Dropdown(options=[ALL_LABELS], value=ALL_LABELS, description="label",
@@ -479,8 +480,8 @@ class SearchPanel(widgets.VBox):
         used = (self._request.positive, self._request.negative_images)
         self.refine_button.disabled = (marks.positive, marks.negative) == used
         self.undo_button.disabled = not marks.can_undo
-        self.marks_label.value = html.escape(f"marked ＋{len(marks.positive)} －{len(marks.negative)}"
-                                             if len(marks) else "")
+        self.marks_label.value = html.escape(f"marked: {len(marks.positive)} more, {len(marks.negative)} "
+                                             "fewer" if len(marks) else "")
 
     def _like_position(self, position: int) -> None:
         self.more_like(self.results[position].index)

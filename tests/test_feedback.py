@@ -88,17 +88,17 @@ def panel(store, tiny_encoder):
 
 def card_marks(panel, position):
     card = panel.grid.children[position]
-    return card.children[3].children  # (＋ toggle, － toggle)
+    return card.children[3].children  # ("more" toggle, "fewer" toggle)
 
 
 def test_marking_cards_then_refine_reranks_with_rocchio(panel, searcher):
     before = panel.search("a photo")
     good, bad = card_marks(panel, 5), card_marks(panel, 0)
-    good[0].value = True  # the user presses ＋ on the 6th card and － on the first
+    good[0].value = True  # the user presses "more" on the 6th card and "fewer" on the first
     bad[1].value = True
     assert panel.marks.positive == (before[5].index,) and panel.marks.negative == (before[0].index,)
     assert [hit.index for hit in panel.results] == [hit.index for hit in before]  # marks wait for Refine
-    assert not panel.refine_button.disabled and "＋1 －1" in panel.marks_label.value
+    assert not panel.refine_button.disabled and "1 more, 1 fewer" in panel.marks_label.value
     panel.refine_button.click()
     expected = searcher.search("a photo", k=12, positive=[before[5].index], negative_images=[before[0].index])
     assert [hit.index for hit in panel.results] == [hit.index for hit in expected]
