@@ -96,11 +96,17 @@ class EmbeddingMap:
 
     def __init__(self, store: Any, *, method: str = "pca", color_by: str = "split", clusters: int = 8,
                  height: int = 420, seed: int = 0) -> None:
+        from .searcher import Searcher
         from .widgets import SearchPanel
 
-        self.panel: SearchPanel | None = store if isinstance(store, SearchPanel) else None
-        searcher = self.panel.searcher if self.panel is not None else getattr(store, "store", None)
-        self.store = searcher.store if self.panel is not None else (searcher or store)
+        self.panel: Any = None
+        self.store: Any = store
+        if isinstance(store, SearchPanel):
+            if store.searcher is None:
+                raise InvalidInputError(f"The panel has no store to map: {store.error}")
+            self.panel, self.store = store, store.searcher.store
+        elif isinstance(store, Searcher):
+            self.store = store.store
         self._matrix = self.store.image_embeddings()
         if len(self._matrix) == 0:
             raise InvalidInputError(f"The store {self.store.path} has no images to map: index a folder "
