@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, fmt, format_table, machine_info, print_table, write_json
 
-BENCHMARKS = ("model", "indexing", "search", "store", "panel", "memory")
+BENCHMARKS = ("model", "indexing", "search", "store", "panel", "memory", "feedback", "explore")
 TIMEOUT_S = {True: 240, False: 3600}  # per benchmark, by quick
 
 
@@ -65,6 +65,14 @@ TARGETS = (
     Target("panel", "page of 24, warm thumbnails, ipykernel", "kernel_warm_ms", 100, False, "ms"),
     Target("memory", "search notebook kernel, peak RSS, fp32", "fp32_rss_mb", 1.5 * GB, False, "MiB"),
     Target("memory", "search notebook kernel, peak RSS, bf16", "bf16_rss_mb", 1.5 * GB, False, "MiB"),
+    Target("feedback", "precision@24 gain after 2 rounds of 4+4 marks", "full_gain_points", 15, True,
+           "points"),
+    Target("explore", "map of 8,091 points: PCA + widget (Python side)", "map_8091_python_s", 2, False, "s"),
+    Target("explore", "map: PCA of 1M x 512 (quick: scaled from 250k)", "map_pca_1m_extrapolated_s", 60,
+           False, "s"),
+    Target("explore", "near-duplicates, 8,091 images", "duplicates_8091_s", 3, False, "s"),
+    Target("explore", "near-duplicates, 1M images (extrapolated from the largest run)",
+           "duplicates_1m_extrapolated_s", 900, False, "s"),
 )
 
 

@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_flickr8k_parsers(sub)
     _add_search_parser(sub)
+    _add_duplicates_parser(sub)
 
     return parser
 
@@ -329,6 +330,32 @@ def _run_search(args: argparse.Namespace) -> int:
         print(f"{hit.rank:>4}  {hit.score:.4f}  {hit.path}")
     print(f"{len(results)} of {results.total} results for {results.query!r} in {results.elapsed_ms:.0f} ms",
           file=sys.stderr)
+    return 0
+
+
+def _add_duplicates_parser(sub: Any) -> None:
+    duplicates = sub.add_parser("duplicates", help="find groups of near-duplicate images in a store",
+                                description="Pairs of images whose embeddings have cosine >= THRESHOLD, "
+                                "joined into groups (exact; no model needed).")
+    duplicates.add_argument("--store", required=True, metavar="STORE.h5")
+    duplicates.add_argument("--threshold", type=float, default=0.95,
+                            help="cosine from which two images count as duplicates (default: 0.95)")
+    duplicates.add_argument("--json", action="store_true", help='print {"groups": [[path, ...], ...]}')
+    duplicates.set_defaults(run=_run_duplicates)
+
+
+def _run_duplicates(args: argparse.Namespace) -> int:
+    from .duplicates import find_duplicates
+
+    groups = find_duplicates(args.store, args.threshold)
+    if args.json:
+        _print_json({"groups": groups})
+        return 0
+    for number, group in enumerate(groups, 1):
+        print(f"group {number} ({len(group)} images):")
+        for path in group:
+            print(f"  {path}")
+    print(f"{len(groups)} groups of near-duplicates (cosine >= {args.threshold})", file=sys.stderr)
     return 0
 
 

@@ -265,7 +265,10 @@ class Searcher:
     def search(self, query: Any, *, k: int = 10, offset: int = 0, negative: str | None = None,
                min_score: float | None = None, adaptive: bool = False, path_glob: str | None = None,
                subset: Any = None, exclude: Iterable[int | str] | None = None,
-               dedup: float | bool | None = None, target: str = "images") -> SearchResults:
+               dedup: float | bool | None = None, target: str = "images",
+               positive: Iterable[int | str] | None = None,
+               negative_images: Iterable[int | str] | None = None,
+               feedback_weights: Any = None) -> SearchResults:
         """Rank the store's images for `query`; returns the hits at ranks offset+1 .. offset+k.
 
         `query`: text (with the algebra of clipwidgets.query), a PIL image, a pathlib.Path of an
@@ -276,13 +279,32 @@ class Searcher:
         "test") or rows/paths. `exclude`: rows or paths to leave out. `dedup`: drop a hit whose
         cosine to a better hit is >= dedup (True = 0.95). `target`: "images" scores image
         embeddings, "captions" scores each image by its best caption, "both" by the mean of the two.
+        `positive` / `negative_images`: store images (rows or paths) marked relevant / irrelevant; the
+        query moves by the Rocchio update with `feedback_weights` (clipwidgets.feedback.FeedbackWeights).
         """
+        from .feedback import apply_feedback
+
         start = time.perf_counter()
         self._check_options(k, offset, min_score, target)
         vector, description = self.query_vector(query, negative=negative)
+        vector, description = apply_feedback(self, vector, description, positive, negative_images,
+                                             feedback_weights)
         return self._search_vector(vector, description, start, k=k, offset=offset, min_score=min_score,
                                    adaptive=adaptive, path_glob=path_glob, subset=subset, exclude=exclude,
                                    dedup=dedup, target=target)
+
+    def explain(self, hit: Any, query: Any, **options: Any) -> Any:
+        """Why `hit` (a Hit, row or path) scores as it does for `query`: image score, best caption,
+        each query part's share and an occlusion heat map (see clipwidgets.explain.explain)."""
+        from .explain import explain
+
+        return explain(self, hit, query, **options)
+
+    def classify(self, labels: Sequence[str], **options: Any) -> Any:
+        """The top label and its score for every image (see clipwidgets.labels.classify)."""
+        from .labels import classify
+
+        return classify(self, labels, **options)
 
     def more_like(self, item: int | str | os.PathLike[str], **options: Any) -> SearchResults:
         """Images like the store's image `item` (row, relative path, or path inside the image root).

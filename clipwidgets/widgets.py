@@ -1,60 +1,71 @@
 """SearchPanel: a thin ipywidgets view over a Searcher, made of core widgets only.
 
 Core widgets (no custom front-end code) keep the panel working wherever notebooks run:
-JupyterLab, Notebook 7, VS Code, Colab (ipywidgets 7), Binder and Voila. The logic that needs no
-widget (paging, status lines, card text) lives in plain functions below the class.
+JupyterLab, Notebook 7, VS Code, Colab (ipywidgets 7), Binder and Voila. The panel is split by
+concern: its widgets and rendering (panel_view.PanelView), cards and detail view (panel_parts),
+texts (panel_text), feedback/explain/labels actions (panel_explore.ExploreActions); the ranking it
+pages through is a paging.KeptRanking, so paging never searches again.
 """
 
 from __future__ import annotations
 
-import html
-import logging
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
-import ipywidgets as widgets
+import numpy as np
 
 from .errors import ClipWidgetsError, InvalidInputError, StoreError
+from .feedback import FeedbackMarks
+from .paging import PREFETCH_PAGES, KeptRanking
+from .panel_explore import ExploreActions
+from .panel_parts import DETAIL_SIDE, Card
+from .panel_text import (
+    CardText,
+    card_html,
+    detail_html,
+    failure_text,
+    page_count,
+    page_label,
+    ready_text,
+    status_text,
+)
+from .panel_view import ALL_LABELS, MIN_SCORE_OFF, PER_PAGE_CHOICES, PanelView
 from .searcher import Searcher
-from .thumbnails import DEFAULT_SIDE, ThumbnailCache, disk_cache_dir, placeholder_jpeg
+from .thumbnails import ThumbnailCache, disk_cache_dir, placeholder_jpeg
 
-PER_PAGE_CHOICES = (12, 24, 48, 96)
-DETAIL_SIDE = 512
-MIN_SCORE_OFF = -1.0
-_CARD_WIDTH_PX = DEFAULT_SIDE + 24
-_ERROR_COLOR = "#b00020"
-_log = logging.getLogger(__name__)
+__all__ = ["MIN_SCORE_OFF", "PER_PAGE_CHOICES", "CardText", "Request", "SearchPanel", "card_html",
+           "failure_text", "page_count", "page_label", "status_text"]
 
 
 @dataclass(frozen=True)
 class Request:
-    """What the panel is showing: a text query or "more like" one stored image."""
+    """What the panel shows: a text query, "more like" a stored image, or chosen rows ("rows", e.g. a
+    selection on the embedding map), with the feedback marks and the label filter it ran with."""
 
-    kind: str  # "text" or "like"
-    query: str | int
+    kind: str  # "text", "like" or "rows"
+    query: Any  # str, row/path, or a tuple of rows
     negative: str | None = None
     min_score: float | None = None
+    positive: tuple[int, ...] = ()
+    negative_images: tuple[int, ...] = ()
+    label: str | None = None
+
+    @property
+    def key(self) -> tuple[str, Any, str | None]:
+        """The search the marks belong to."""
+        return self.kind, self.query, self.negative
 
 
-@dataclass(frozen=True)
-class CardText:
-    """The words on one result card."""
-
-    name: str
-    score: str
-    captions: tuple[str, ...]
-
-
-class SearchPanel(widgets.VBox):
-    """Search a store from a notebook: query box, result grid, paging, "More like this", details.
+class SearchPanel(ExploreActions, PanelView):
+    """Search a store from a notebook: query box, result grid, paging, "More like this", details,
+    relevance feedback, "why this result?", and a label filter.
 
     `store_or_searcher` is a Searcher, an EmbeddingStore or a store path; `encoder` is used for text
     queries (see `Searcher`). Errors never escape as tracebacks: they appear in the status line.
-    Drive it from code with `search()`, `more_like()`, `next_page()`, `previous_page()`, `show_detail()`;
-    read `results`, `status`, `error` and `results_text()`.
+    Drive it from code with `search()`, `more_like()`, `show_rows()`, `next_page()`, `previous_page()`,
+    `mark()`, `feedback()`, `undo_mark()`, `show_detail()`, `explain()`, `set_labels()`; read
+    `results`, `status`, `error`, `marks` and `results_text()`.
     """
 
     def __init__(self, store_or_searcher: Any, encoder: Any = None, *, per_page: int = 24,
@@ -64,9 +75,13 @@ class SearchPanel(widgets.VBox):
         self.total = 0
         self.status = ""
         self.error: str | None = None
+        self.labels: Any = None
         self._request: Request | None = None
+        self._ranking: KeptRanking | None = None
         self._page = 0
-        self._cards: list[_Card] = []
+        self._cards: list[Card] = []
+        self._marks: dict[tuple, FeedbackMarks] = {}
+        self._listeners: list[Callable[[SearchPanel], None]] = []
         self._quiet = False
         self._build_controls(per_page)
         self.searcher: Searcher | None = None
@@ -87,7 +102,8 @@ class SearchPanel(widgets.VBox):
     # ---- programmatic API ------------------------------------------------------------------
 
     def search(self, text: str | None = None, *, negative: str | None = None) -> list[Any]:
-        """Search for `text` (default: the query box), optionally pushing away from `negative`."""
+        """Search for `text` (default: the query box), optionally pushing away from `negative`.
+        The same search as the one shown (e.g. Enter, then the Search button) does not run again."""
         with self._quietly():
             if text is not None:
                 self.query_box.value = text
@@ -97,26 +113,31 @@ class SearchPanel(widgets.VBox):
         if not query:
             self._set_status("Type what you are looking for (e.g. 'a dog on a beach') and press Enter.")
             return self.results
-        self._run(Request("text", query, self.negative_box.value.strip() or None, self._min_score()), 0)
+        self._show(self._new_request("text", query))
         return self.results
 
     def more_like(self, index_or_relpath: int | str) -> list[Any]:
         """Show the images most similar to one stored image (a row index or a relative path),
         pushed away from the negative prompt when there is one."""
-        self._run(Request("like", index_or_relpath, self.negative_box.value.strip() or None,
-                          self._min_score()), 0)
+        self._show(self._new_request("like", index_or_relpath))
+        return self.results
+
+    def show_rows(self, rows: Any) -> list[Any]:
+        """Show chosen store rows (e.g. a selection on the embedding map), ranked by the current text
+        query when there is one, else by closeness to the rows' mean embedding."""
+        self._show(self._new_request("rows", tuple(sorted({int(row) for row in rows}))))
         return self.results
 
     def next_page(self) -> list[Any]:
         """Show the next page of the current search (no-op on the last page)."""
-        if self._request is not None and self._page + 1 < page_count(self.total, self.per_page):
-            self._run(self._request, self._page + 1)
+        if self._ranking is not None and self._page + 1 < page_count(self.total, self.per_page):
+            self._render_page(self._page + 1)
         return self.results
 
     def previous_page(self) -> list[Any]:
         """Show the previous page of the current search (no-op on the first page)."""
-        if self._request is not None and self._page > 0:
-            self._run(self._request, self._page - 1)
+        if self._ranking is not None and self._page > 0:
+            self._render_page(self._page - 1)
         return self.results
 
     def show_detail(self, position: int) -> None:
@@ -127,184 +148,78 @@ class SearchPanel(widgets.VBox):
                             f"{len(self.results)} results (positions 0 to {len(self.results) - 1}).")
             return
         hit = self.results[position]
+        self._detail_position = position
         try:
             path = self.searcher.store.abspath(hit.index)
-            self.detail_image.value = self.thumbnails.get(hit.index, max_side=DETAIL_SIDE)
+            image = self.thumbnails.get(hit.index, max_side=DETAIL_SIDE)
         except (ClipWidgetsError, OSError) as error:
-            self.detail_image.value = placeholder_jpeg(DETAIL_SIDE)
+            image = placeholder_jpeg(DETAIL_SIDE)
             self.show_error(error)
             path = hit.path
-        self.detail_text.value = detail_html(hit, str(path))
-        self.detail.layout.display = "flex"
+        self.detail.show(image, detail_html(hit, str(path)))
 
     def hide_detail(self) -> None:
         """Hide the detail view and drop its image from the widget state."""
-        self.detail.layout.display = "none"
-        self.detail_image.value = b""
+        self.detail.hide()
 
-    def show_error(self, error: BaseException | str) -> None:
-        """Show an error in the status line (in red), in plain words."""
-        self.error = str(error)
-        self._set_status(self.error, error=True)
+    # ---- searching ---------------------------------------------------------------------------
 
-    def results_text(self) -> str:
-        """The hits shown, as deterministic text (ranks, file names, rounded scores)."""
-        if self.error is not None:
-            return f"error: {self.error}"
-        if self._request is None:
-            return "SearchPanel: no search yet"
-        return results_text(self.results, self.total)
+    def _new_request(self, kind: str, query: Any) -> Request:
+        marks = self._marks.get((kind, query, self.negative_box.value.strip() or None), FeedbackMarks())
+        label = self.label_box.value if self.label_box.value != ALL_LABELS else None
+        return Request(kind, query, self.negative_box.value.strip() or None, self._min_score(),
+                       marks.positive, marks.negative, label)
 
-    @property
-    def per_page(self) -> int:
-        """How many results a page shows."""
-        return int(self.per_page_box.value)
-
-    @property
-    def page(self) -> int:
-        """The page shown, counting from 0."""
-        return self._page
-
-    def __repr__(self) -> str:
-        return self.results_text()
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
-        """The widget view plus the full `results_text()` (ipywidgets 8 would cut it at 110 characters).
-
-        ipywidgets 7 displays widgets through `_ipython_display_` instead, with a shortened repr.
-        """
-        parent = getattr(super(), "_repr_mimebundle_", None)
-        bundle = parent(**kwargs) if parent is not None else {}
-        bundle["text/plain"] = self.results_text()
-        return bundle
-
-    # ---- rendering ---------------------------------------------------------------------------
-
-    def _build_controls(self, per_page: int) -> None:
-        choices = sorted({*PER_PAGE_CHOICES, per_page})
-        self.query_box = widgets.Text(placeholder="Describe the image you want, then press Enter",
-                                      continuous_update=False, layout=widgets.Layout(width="34%"))
-        self.search_button = widgets.Button(description="Search", button_style="primary",
-                                            tooltip="Search for the text in the query box")
-        self.negative_box = widgets.Text(placeholder="but not… (optional negative prompt)",
-                                         continuous_update=False, layout=widgets.Layout(width="22%"))
-        self.per_page_box = widgets.Dropdown(options=choices, value=per_page, description="per page",
-                                             style={"description_width": "initial"},
-                                             layout=widgets.Layout(width="130px"))
-        self.min_score_box = widgets.BoundedFloatText(
-            value=MIN_SCORE_OFF, min=MIN_SCORE_OFF, max=1.0, step=0.01, description="min score",
-            style={"description_width": "initial"}, layout=widgets.Layout(width="150px"))
-        self.status_line = widgets.HTML()
-        self.grid = widgets.GridBox(layout=widgets.Layout(
-            grid_template_columns=f"repeat(auto-fill, {_CARD_WIDTH_PX}px)", grid_gap="8px"))
-        self.previous_button = widgets.Button(description="◀ previous", disabled=True)
-        self.next_button = widgets.Button(description="next ▶", disabled=True)
-        self.page_label = widgets.HTML()
-        self.detail_image = widgets.Image(format="jpeg", layout=widgets.Layout(max_width=f"{DETAIL_SIDE}px"))
-        self.detail_text = widgets.HTML()
-        close = widgets.Button(description="close", tooltip="Hide the detail view")
-        self.detail = widgets.HBox([self.detail_image, widgets.VBox([self.detail_text, close])],
-                                   layout=widgets.Layout(display="none", border="1px solid #ccc",
-                                                         padding="8px"))
-        self.add_class("clipwidgets-panel")
-        self.grid.add_class("clipwidgets-grid")
-        self.detail.add_class("clipwidgets-detail")
-
-        self.query_box.observe(self._on_query, names="value")
-        self.negative_box.observe(self._on_refine, names="value")
-        self.per_page_box.observe(self._on_refine, names="value")
-        self.min_score_box.observe(self._on_refine, names="value")
-        self.search_button.on_click(self._guarded(lambda _: self.search()))
-        self.next_button.on_click(self._guarded(lambda _: self.next_page()))
-        self.previous_button.on_click(self._guarded(lambda _: self.previous_page()))
-        close.on_click(self._guarded(lambda _: self.hide_detail()))
-
-        self.children = [
-            widgets.HBox([self.query_box, self.search_button, self.negative_box, self.per_page_box,
-                          self.min_score_box], layout=widgets.Layout(flex_flow="row wrap")),
-            self.status_line, self.detail, self.grid,
-            widgets.HBox([self.previous_button, self.page_label, self.next_button]),
-        ]
-
-    def _run(self, request: Request, page: int) -> None:
-        """Run `request` for `page` and render it; errors go to the status line."""
+    def _show(self, request: Request) -> None:
+        """Show page 1 of `request`, searching only when it differs from the search shown."""
         if self.searcher is None:
             return
-        offset = page * self.per_page
-        try:
-            if request.kind == "text":
-                found = self.searcher.search(request.query, k=self.per_page, offset=offset,
-                                             negative=request.negative, min_score=request.min_score)
-            else:
-                found = self.searcher.more_like(request.query, k=self.per_page, offset=offset,
-                                                negative=request.negative, min_score=request.min_score)
-        except (ClipWidgetsError, OSError) as error:
-            self.show_error(error)
-            return
-        self.error = None
-        self._request, self._page = request, page
-        self.results, self.total = list(found), int(found.total)
-        failures = self._render_cards()
-        status = status_text(self.total, found.elapsed_ms, like=self._like_name(request))
-        if failures:
-            self._set_status(f"{status}. {failure_text(failures)}", error=True)
-        else:
-            self._set_status(status)
-        self._render_pager()
-
-    def _render_cards(self) -> list[tuple[str, str]]:
-        """Fill one card per hit (reusing card widgets); returns (file name, reason) of failed images."""
-        while len(self._cards) < len(self.results):
-            self._cards.append(self._new_card(len(self._cards)))
-        failures = []
-        for card, hit in zip(self._cards[:len(self.results)], self.results, strict=True):
+        if request != self._request or self._ranking is None or self.error is not None:
             try:
-                card.image.value = self.thumbnails.get(hit.index)
+                ranking = KeptRanking(lambda depth: self._fetch(request, depth),
+                                      self.per_page * PREFETCH_PAGES)
             except (ClipWidgetsError, OSError) as error:
-                card.image.value = placeholder_jpeg(DEFAULT_SIDE)
-                failures.append((PurePosixPath(hit.path).name, str(error)))
-            card.text.value = card_html(card_text(hit))
-        for card in self._cards[len(self.results):]:
-            card.image.value = b""  # hidden cards must not keep old thumbnails in saved notebooks
-        self.grid.children = [card.box for card in self._cards[:len(self.results)]]
-        return failures
+                self.show_error(error)
+                return
+            self._request, self._ranking = request, ranking
+        self._render_page(0)
 
-    def _render_pager(self) -> None:
-        pages = page_count(self.total, self.per_page)
-        self.previous_button.disabled = self._page == 0
-        self.next_button.disabled = self._page + 1 >= pages
-        self.page_label.value = html.escape(page_label(self._page, self.per_page, self.total))
+    def _fetch(self, request: Request, depth: int) -> Any:
+        options: dict[str, Any] = {"k": depth, "negative": request.negative, "min_score": request.min_score}
+        subset = self._subset(request)
+        if subset is not None:
+            options["subset"] = subset
+        if request.kind == "like" and not (request.positive or request.negative_images):
+            return self.searcher.more_like(request.query, **options)
+        return self.searcher.search(self._query_of(request), positive=request.positive,
+                                    negative_images=request.negative_images, **options)
 
-    def _new_card(self, position: int) -> _Card:
-        image = widgets.Image(format="jpeg", layout=widgets.Layout(max_width=f"{DEFAULT_SIDE}px"))
-        text = widgets.HTML()
-        like = widgets.Button(description="More like this", tooltip="Find images like this one",
-                              layout=widgets.Layout(width="auto"))
-        detail = widgets.Button(description="open", tooltip="Show the large image, path and captions",
-                                layout=widgets.Layout(width="auto"))
-        like.on_click(self._guarded(lambda _: self.more_like(self.results[position].index)))
-        detail.on_click(self._guarded(lambda _: self.show_detail(position)))
-        box = widgets.VBox([image, text, widgets.HBox([like, detail])],
-                           layout=widgets.Layout(width=f"{_CARD_WIDTH_PX}px", padding="4px",
-                                                 border="1px solid #ddd", align_items="center"))
-        box.add_class("clipwidgets-card")
-        return _Card(box, image, text)
+    def _query_of(self, request: Request) -> Any:
+        """What `Searcher.search` ranks by for `request`."""
+        if request.kind == "text":
+            return request.query
+        embeddings = self.searcher.store.image_embeddings()
+        if request.kind == "like":
+            return embeddings[self.searcher.index_of(request.query)].astype(np.float32)
+        text = self.query_box.value.strip()
+        return text if text else embeddings[list(request.query)].astype(np.float32).mean(axis=0)
 
-    def _like_name(self, request: Request) -> str | None:
-        if request.kind != "like":
-            return None
-        if isinstance(request.query, str):
-            return PurePosixPath(request.query).name
-        return PurePosixPath(self.searcher.store.abspath(request.query)).name
+    def _subset(self, request: Request) -> np.ndarray | None:
+        masks = []
+        if request.kind == "rows":
+            if not request.query:
+                raise InvalidInputError("No images chosen: select some points on the map first.")
+            mask = np.zeros(self.searcher.num_images, dtype=bool)
+            mask[list(request.query)] = True
+            masks.append(mask)
+        if request.label is not None:
+            mask = np.zeros(self.searcher.num_images, dtype=bool)
+            mask[self.labels.rows(request.label)] = True
+            masks.append(mask)
+        return np.logical_and.reduce(masks) if masks else None
 
-    def _set_status(self, text: str, *, error: bool = False) -> None:
-        self.status = text
-        style = f' style="color: {_ERROR_COLOR}"' if error else ""
-        self.status_line.value = f"<span{style}>{html.escape(text)}</span>"
-
-    def _min_score(self) -> float | None:
-        value = float(self.min_score_box.value)
-        return None if value <= MIN_SCORE_OFF else value
+    def _like_position(self, position: int) -> None:
+        self.more_like(self.results[position].index)
 
     # ---- event handlers ------------------------------------------------------------------------
 
@@ -312,47 +227,22 @@ class SearchPanel(widgets.VBox):
         if not self._quiet:
             self._guarded(lambda _: self.search())(change)
 
+    def _on_per_page(self, change: dict) -> None:
+        if not self._quiet and self._ranking is not None:
+            self._guarded(lambda _: self._render_page(0))(change)
+
     def _on_refine(self, change: dict) -> None:
-        if self._quiet or self._request is None:
+        if self._quiet:
             return
-        if self._request.kind == "text":
+        if self._request is None:
+            if change["owner"] is self.label_box and self.labels is not None and change["new"] != ALL_LABELS:
+                self._guarded(lambda _: self.show_rows(self.labels.rows(change["new"])))(change)
+            return
+        request = self._request
+        if request.kind == "text":
             self._guarded(lambda _: self.search())(change)
         else:
-            self._guarded(lambda _: self.more_like(self._request.query))(change)
-
-    def _guarded(self, action: Callable[[Any], Any]) -> Callable[[Any], None]:
-        """Wrap a UI callback so that no exception becomes a traceback in the notebook."""
-        def run(event: Any) -> None:
-            try:
-                action(event)
-            except Exception as error:  # a bug must still not dump a traceback into the page
-                _log.exception("SearchPanel callback failed")
-                self.show_error(f"Unexpected error ({type(error).__name__}): {error}")
-        return run
-
-    def _quietly(self) -> _Quiet:
-        return _Quiet(self)
-
-
-@dataclass
-class _Card:
-    box: widgets.VBox
-    image: widgets.Image
-    text: widgets.HTML
-
-
-class _Quiet:
-    """Context manager: change the panel's boxes from code without triggering searches."""
-
-    def __init__(self, panel: SearchPanel) -> None:
-        self.panel = panel
-
-    def __enter__(self) -> None:
-        self.panel._quiet = True
-
-    def __exit__(self, *exc: object) -> None:
-        self.panel._quiet = False
-
+            self._guarded(lambda _: self._show(self._new_request(request.kind, request.query)))(change)
 
 def _as_searcher(store_or_searcher: Any, encoder: Any) -> Searcher:
     if isinstance(store_or_searcher, Searcher):
@@ -361,74 +251,3 @@ def _as_searcher(store_or_searcher: Any, encoder: Any) -> Searcher:
         raise InvalidInputError("No store given: pass SearchPanel a Searcher, an EmbeddingStore or the "
                                 "path of a store file built with `clipwidgets index`.")
     return Searcher(store_or_searcher, encoder)
-
-
-# ---- pure functions: everything the panel shows, computed without widgets --------------------
-
-def page_count(total: int, per_page: int) -> int:
-    """Number of pages for `total` results (at least 1)."""
-    return max(1, math.ceil(total / per_page))
-
-
-def page_label(page: int, per_page: int, total: int) -> str:
-    """'25–48 of 120' for page 1 (counting from 0) with 24 per page; 'no results' when empty."""
-    if total == 0:
-        return "no results"
-    first = page * per_page + 1
-    return f"{first}–{min(total, first + per_page - 1)} of {total}"
-
-
-def ready_text(num_images: int) -> str:
-    """The status line before the first search."""
-    return f"{num_images} images indexed. Type a query and press Enter."
-
-
-def status_text(total: int, elapsed_ms: float, *, like: str | None = None) -> str:
-    """'24 results in 18 ms', with the image a "more like this" search started from."""
-    noun = "result" if total == 1 else "results"
-    text = f"{total} {noun} in {elapsed_ms:.0f} ms"
-    return f"{text} (more like {like})" if like else text
-
-
-def failure_text(failures: Sequence[tuple[str, str]]) -> str:
-    """One sentence naming the images that could not be shown and why (the first reason)."""
-    names = ", ".join(name for name, _ in failures[:3]) + (" …" if len(failures) > 3 else "")
-    count = len(failures)
-    noun = "image" if count == 1 else "images"
-    return f"{count} {noun} could not be shown ({names}): {failures[0][1]}"
-
-
-def card_text(hit: Any) -> CardText:
-    """Name, rounded score and captions of one hit."""
-    return CardText(PurePosixPath(hit.path).name, f"{hit.score:.3f}", tuple(hit.captions or ()))
-
-
-def card_html(card: CardText) -> str:
-    """A card's label: score and file name, first caption below, all captions as a tooltip."""
-    tooltip = html.escape("\n".join(card.captions) or card.name, quote=True)
-    caption = (f'<div style="font-size: 11px; line-height: 1.2; color: #555">'
-               f'{html.escape(_shorten(card.captions[0], 90))}</div>') if card.captions else ""
-    return (f'<div class="clipwidgets-card-text" title="{tooltip}" style="width: {DEFAULT_SIDE}px; '
-            f'overflow: hidden"><b>{card.score}</b> '
-            f'<span class="clipwidgets-name" style="font-size: 12px">{html.escape(card.name)}</span>'
-            f"{caption}</div>")
-
-
-def detail_html(hit: Any, full_path: str) -> str:
-    """The detail view's text: file name, score, full path and every caption."""
-    captions = "".join(f"<li>{html.escape(text)}</li>" for text in hit.captions or ())
-    return (f"<h3>{html.escape(PurePosixPath(hit.path).name)}</h3>"
-            f"<p><b>score</b> {hit.score:.4f}</p>"
-            f'<p><b>path</b> <code style="word-break: break-all">{html.escape(full_path)}</code></p>'
-            + (f"<p><b>captions</b></p><ul>{captions}</ul>" if captions else "<p>no captions</p>"))
-
-
-def results_text(hits: Sequence[Any], total: int) -> str:
-    """Deterministic plain text of a page of hits: rank, rounded score, relative path."""
-    lines = [f"{len(hits)} of {total} results"]
-    lines += [f"{hit.rank:>4}  {hit.score:.3f}  {hit.path}" for hit in hits]
-    return "\n".join(lines)
-
-
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
