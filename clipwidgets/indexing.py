@@ -26,6 +26,7 @@ from .committer import Committer
 from .decode_workers import Decoded, decode_in_order, is_transient, worker_context
 from .errors import InvalidInputError
 from .images import ModelInputSpec, scan_images
+from .malloc import reuse_freed_memory
 from .store import EmbeddingStore, StoreDiff
 
 __all__ = ["BAD_NAME", "MAX_BATCH_SIZE", "IndexReport", "RunPlan", "default_workers", "finish_report",
@@ -171,7 +172,9 @@ def _index(images_dir: Path, store: EmbeddingStore, encoder: Any, *, batch_size:
            prune: bool, progress: bool) -> IndexReport:
     plan = plan_run(images_dir, store, prune=prune)
     committer = Committer(store, plan.found, batch_size)
-    with _progress_bar(len(plan.todo), progress) as bar:
+    cpu_model = encoder.device.startswith("cpu") and bool(plan.todo)
+    with _progress_bar(len(plan.todo), progress) as bar, \
+            reuse_freed_memory() if cpu_model else contextlib.nullcontext():
         try:
             _encode_all(images_dir, plan.todo, encoder, committer, bar, batch_size=batch_size,
                         workers=workers)
