@@ -19,7 +19,7 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -56,7 +56,7 @@ def is_transient(reason: str) -> bool:
 
 def decode_in_order(images_dir: Path, relpaths: list[str], spec: ModelInputSpec, *, workers: int,
                     window: int, loader: Loader = load_model_inputs,
-                    model_idle: Any = None) -> Iterator[tuple[str, Decoded]]:
+                    model_idle: Any = None) -> Generator[tuple[str, Decoded], None, None]:
     """(relpath, decoded) for each path, in order; at most `window` images are decoded ahead (fewer
     when there are fewer files, or to fit the shared memory). `workers` processes (0: this process).
     Workers start a file only while `model_idle` (an Event of `worker_context()`), if given, is set."""

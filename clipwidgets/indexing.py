@@ -99,17 +99,17 @@ def index_images(images_dir: str | os.PathLike[str], store: EmbeddingStore | str
     if workers is not None and workers < 0:
         raise InvalidInputError(f"workers must be 0 (decode in this process) or more, got {workers}.")
     owned = not isinstance(store, EmbeddingStore)
-    if owned:
-        store = EmbeddingStore.open_or_create(store, encoder.meta, images_dir)
+    opened = store if isinstance(store, EmbeddingStore) else EmbeddingStore.open_or_create(
+        store, encoder.meta, images_dir)
     try:
         if not owned:
-            _check_store(store, encoder, images_dir)
-        report = _index(images_dir, store, encoder, batch_size=batch_size,
+            _check_store(opened, encoder, images_dir)
+        report = _index(images_dir, opened, encoder, batch_size=batch_size,
                         workers=default_workers(encoder.device) if workers is None else workers,
                         prune=prune, progress=progress)
     finally:
         if owned:
-            store.close()
+            opened.close()
     report.seconds = round(time.perf_counter() - started, 3)
     report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds > 0 else 0.0
     return report
