@@ -180,7 +180,9 @@ class _MainStandIn(types.ModuleType):
 
 def _start_without_caller_main(start: Callable[[], None]) -> None:
     """Run a process's `start` with `__main__` swapped for a stand-in, so that a script without an
-    `if __name__ == "__main__":` guard is not re-run in each worker (which then cannot start)."""
+    `if __name__ == "__main__":` guard is not re-run in each worker (which then cannot start).
+    Other threads see the stand-in, which forwards every attribute but `__file__`, for the
+    milliseconds of the start; the workers need nothing from `__main__`."""
     with _MAIN_SWAP:
         main = sys.modules.get("__main__")
         sys.modules["__main__"] = _MainStandIn(main)  # type: ignore[assignment]
