@@ -3,7 +3,8 @@
 `load_image` turns any file into an RGB image or raises `ImageDecodeError` with a short reason;
 it never lets a Pillow warning escape and never lifts Pillow's decompression-bomb limit.
 `scan_images` finds the images under a folder, deterministically. `load_model_inputs` is what the
-indexer's worker processes run: decode, resize and crop to the model's input size, as uint8.
+indexer's decoding workers (`decode_workers.py`) run: decode, resize and crop to the model's input
+size, as uint8.
 """
 
 from __future__ import annotations
@@ -11,16 +12,11 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
 import stat
-import threading
-import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from multiprocessing import shared_memory
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -40,6 +36,8 @@ _HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _EXIF_ORIENTATION = 0x0112
 _WHITE = (255, 255, 255)
+FILE_NOT_FOUND = "file not found"  # these two reasons are transient: the indexer retries such files
+PERMISSION_DENIED = "permission denied"
 _RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
@@ -118,9 +116,9 @@ def _decode(path: Path, draft_size: tuple[int, int] | None) -> tuple[Image.Image
     except UnidentifiedImageError as error:
         raise ImageDecodeError(missing_codec(path) or "not an image (format not recognised)") from error
     except FileNotFoundError as error:
-        raise ImageDecodeError("file not found") from error
+        raise ImageDecodeError(FILE_NOT_FOUND) from error
     except PermissionError as error:
-        raise ImageDecodeError("permission denied") from error
+        raise ImageDecodeError(PERMISSION_DENIED) from error
     except IsADirectoryError as error:
         raise ImageDecodeError("not a regular file") from error
     except MemoryError as error:
@@ -272,87 +270,11 @@ def load_model_input(path: str | os.PathLike[str],
 
 def load_model_inputs(paths: Sequence[str],
                       spec: ModelInputSpec) -> list[tuple[np.ndarray, tuple[int, int]] | str]:
-    """`load_model_input` for each path; a failure becomes its reason string. Runs in worker processes,
-    where it waits before each file while the indexer's model runs (see `init_decode_worker`)."""
+    """`load_model_input` for each path; a failure becomes its reason string."""
     results: list[tuple[np.ndarray, tuple[int, int]] | str] = []
     for path in paths:
-        if _model_idle is not None:
-            _model_idle.wait()
         try:
             results.append(load_model_input(path, spec))
         except ImageDecodeError as error:
             results.append(str(error))
     return results
-
-
-class SharedSlots:
-    """`count` uint8 images of `image_size` (height, width) x 3 in shared memory, created by the
-    indexer (no `name`) and attached by its decoding workers (`name`): a worker writes each decoded
-    model input into a slot, so only the slot's number goes through the pipe to the indexer."""
-
-    def __init__(self, count: int, image_size: tuple[int, int], *, name: str | None = None) -> None:
-        self.count = count
-        self.image_size = image_size
-        shape = (count, image_size[0], image_size[1], 3)
-        self.memory = shared_memory.SharedMemory(name=name, create=name is None, size=int(np.prod(shape)))
-        self.array: np.ndarray | None = np.ndarray(shape, dtype=np.uint8, buffer=self.memory.buf)
-
-    @property
-    def worker_args(self) -> tuple[str, int, tuple[int, int]]:
-        """What `init_decode_worker` needs to attach these slots."""
-        return self.memory.name, self.count, self.image_size
-
-    def close(self, *, unlink: bool) -> None:
-        """Drop this process's view; `unlink` (the creator) frees the memory once nobody uses it."""
-        self.array = None
-        self.memory.close()
-        if unlink:
-            self.memory.unlink()
-
-
-_model_idle: Any = None  # a decoding worker's copy of the indexer's "model idle" event, if any
-_slots: SharedSlots | None = None  # a decoding worker's view of the indexer's SharedSlots, if any
-
-
-def decode_into_slots(loader: Callable[[Sequence[str], ModelInputSpec], list[Any]], paths: Sequence[str],
-                      spec: ModelInputSpec, slots: Sequence[int]) -> list[Any]:
-    """`loader(paths, spec)` in a decoding worker, with each model-sized array written into its slot
-    (`slots[i]` for `paths[i]`) and replaced by the slot's number: (slot, (width, height))."""
-    results = loader(paths, spec)
-    if _slots is None:
-        return results
-    for i, (result, slot) in enumerate(zip(results, slots, strict=True)):
-        if not isinstance(result, str) and result[0].shape == _slots.array.shape[1:]:
-            _slots.array[slot] = result[0]
-            results[i] = (slot, result[1])
-    return results
-
-
-def init_decode_worker(max_image_pixels: int | None, owner_pid: int, model_idle: Any = None,
-                       slots: tuple[str, int, tuple[int, int]] | None = None) -> None:
-    """Set up a decoding worker process: the parent's Pillow limit, Ctrl-C left to the parent, and
-    an exit of its own when the owner (the indexing process) is gone, e.g. killed with SIGKILL.
-
-    With `model_idle` (a multiprocessing Event), the worker starts a file only while it is set: an
-    indexer whose CPU model uses every core clears it while the model runs (see indexing.py).
-    `slots` (name, count, image_size) attaches the indexer's SharedSlots for `decode_into_slots`.
-    """
-    global _model_idle, _slots
-    _model_idle = model_idle
-    if slots is not None:
-        name, count, image_size = slots
-        _slots = SharedSlots(count, image_size, name=name)
-    Image.MAX_IMAGE_PIXELS = max_image_pixels
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_when_gone, args=(owner_pid,), daemon=True).start()
-
-
-def _exit_when_gone(pid: int, interval_s: float = 1.0) -> None:
-    while True:
-        time.sleep(interval_s)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            os._exit(0)
-        except PermissionError:  # the pid now belongs to another user's process: ours is gone
-            os._exit(0)

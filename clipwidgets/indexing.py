@@ -1,23 +1,18 @@
 """Index a folder of images into an EmbeddingStore: scan -> diff -> decode (workers) -> encode -> commit.
 
-Only new or changed files are encoded. Worker processes decode and resize while the model runs;
-work is committed in batches on an adaptive cadence, so an interrupted run loses at most the work
-since the last commit. A file that cannot be decoded is skipped, reported and remembered, never fatal.
-See docs/indexing.md.
+Only new or changed files are encoded. Worker processes (decode_workers.py) decode and resize while
+the model runs; work is committed every few seconds (committer.py), so an interrupted run loses at
+most the work since the last commit. A file that cannot be decoded is skipped and reported, never
+fatal; it is remembered unless the failure was transient (missing, unreadable, a decoder crash or
+hang), so that it is retried on the next run. See docs/indexing.md.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import multiprocessing
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,34 +23,27 @@ from PIL import Image
 
 from . import openmp
 from .committer import Committer
+from .decode_workers import Decoded, decode_in_order, is_transient, worker_context
 from .errors import InvalidInputError
-from .images import (
-    ModelInputSpec,
-    SharedSlots,
-    decode_into_slots,
-    init_decode_worker,
-    load_model_inputs,
-    scan_images,
-)
+from .images import ModelInputSpec, scan_images
+from .malloc import reuse_freed_memory
 from .store import EmbeddingStore, StoreDiff
 
-logger = logging.getLogger(__name__)
-PREFETCH_BATCHES = 2  # batches decoded ahead of the model
-DECODE_TIMEOUT_S = 120.0  # a chunk, then a file, still decoding after this long: its worker is killed
-CRASHED = "crashed the image decoder (its worker process died)"
-HUNG = "decoding took longer than {:.0f} s (the decoder was stopped)"  # .format(DECODE_TIMEOUT_S)
-BAD_NAME = "file name is not valid UTF-8; rename the file"
+__all__ = ["BAD_NAME", "MAX_BATCH_SIZE", "IndexReport", "RunPlan", "default_workers", "finish_report",
+           "index_images", "plan_run"]
 
-Decoded = tuple[np.ndarray, tuple[int, int]] | str  # (pixels, (width, height)) or a reason
-Loader = Callable[[Sequence[str], ModelInputSpec], list[Decoded]]
+PREFETCH_BATCHES = 2  # batches decoded ahead of the model
+MAX_BATCH_SIZE = 4096  # images per model call, at most: a batch is held in memory (~0.6 MB per 224-px image)
+BAD_NAME = "file name is not valid UTF-8; rename the file"
 
 
 @dataclass
 class IndexReport:
     """What one indexing run did. indexed + unchanged + skipped = image files found.
 
-    `skipped` counts every file found that is not in the store: those that failed now and known bad
-    files that did not change since they failed (they are not retried); `skipped_files` lists them.
+    `skipped` counts every file found that is not in the store: those that failed now (transient
+    failures included: they are retried on the next run) and known bad files that did not change since
+    they failed (they are not retried); `skipped_files` lists them with their reasons.
     `removed` counts entries dropped by `prune`; `missing` counts entries whose files are gone but
     were kept (prune was off).
     """
@@ -104,22 +92,24 @@ def index_images(images_dir: str | os.PathLike[str], store: EmbeddingStore | str
     if not images_dir.is_dir():
         raise InvalidInputError(f"Image folder {images_dir} does not exist or is not a folder; "
                                 "give the folder that holds your images.")
-    if batch_size < 1:
-        raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}.")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise InvalidInputError(f"batch_size must be between 1 and {MAX_BATCH_SIZE:,} images per model call, "
+                                f"got {batch_size:,}: a batch is held in memory (about 0.6 MB per image at "
+                                "224 px). Use 32 (the default) on a CPU, 128-512 on a GPU.")
     if workers is not None and workers < 0:
         raise InvalidInputError(f"workers must be 0 (decode in this process) or more, got {workers}.")
     owned = not isinstance(store, EmbeddingStore)
-    if owned:
-        store = EmbeddingStore.open_or_create(store, encoder.meta, images_dir)
+    opened = store if isinstance(store, EmbeddingStore) else EmbeddingStore.open_or_create(
+        store, encoder.meta, images_dir)
     try:
         if not owned:
-            _check_store(store, encoder, images_dir)
-        report = _index(images_dir, store, encoder, batch_size=batch_size,
+            _check_store(opened, encoder, images_dir)
+        report = _index(images_dir, opened, encoder, batch_size=batch_size,
                         workers=default_workers(encoder.device) if workers is None else workers,
                         prune=prune, progress=progress)
     finally:
         if owned:
-            store.close()
+            opened.close()
     report.seconds = round(time.perf_counter() - started, 3)
     report.images_per_second = round(report.indexed / report.seconds, 2) if report.seconds > 0 else 0.0
     return report
@@ -144,7 +134,10 @@ class RunPlan:
 
 
 def plan_run(images_dir: Path, store: EmbeddingStore, *, prune: bool) -> RunPlan:
-    """Scan `images_dir`, diff it against `store` and, with `prune`, remove entries whose files are gone."""
+    """Scan `images_dir`, diff it against `store` and, with `prune`, remove entries whose files are gone.
+
+    `todo` also holds unchanged files that the store remembers with a transient failure (recorded by
+    an older version): they are retried."""
     found = scan_images(images_dir)
     bad_names = [path for path in found if not _storable(path)]
     for path in bad_names:
@@ -156,13 +149,16 @@ def plan_run(images_dir: Path, store: EmbeddingStore, *, prune: bool) -> RunPlan
         report.removed = len(diff.removed)
     else:
         report.missing = len(diff.removed)
-    return RunPlan(found, bad_names, diff, sorted(diff.new + diff.changed), report)
+    known_bad = {record.path: record.reason for record in store.skipped()}
+    retry = [path for path in diff.skipped_unchanged if is_transient(known_bad[path])]
+    return RunPlan(found, bad_names, diff, sorted(diff.new + diff.changed + retry), report)
 
 
 def finish_report(plan: RunPlan, store: EmbeddingStore, committer: Committer) -> IndexReport:
     """The run's report, once everything `committer` received is committed."""
     known_bad = {record.path: record.reason for record in store.skipped()}
-    skipped = {path: known_bad[path] for path in plan.diff.skipped_unchanged}
+    retried = set(plan.todo)
+    skipped = {path: known_bad[path] for path in plan.diff.skipped_unchanged if path not in retried}
     skipped.update({record.path: record.reason for record in committer.skipped})
     skipped.update({path: BAD_NAME for path in plan.bad_names})
     report = plan.report
@@ -176,7 +172,9 @@ def _index(images_dir: Path, store: EmbeddingStore, encoder: Any, *, batch_size:
            prune: bool, progress: bool) -> IndexReport:
     plan = plan_run(images_dir, store, prune=prune)
     committer = Committer(store, plan.found, batch_size)
-    with _progress_bar(len(plan.todo), progress) as bar:
+    cpu_model = encoder.device.startswith("cpu") and bool(plan.todo)
+    with _progress_bar(len(plan.todo), progress) as bar, \
+            reuse_freed_memory() if cpu_model else contextlib.nullcontext():
         try:
             _encode_all(images_dir, plan.todo, encoder, committer, bar, batch_size=batch_size,
                         workers=workers)
@@ -202,10 +200,10 @@ def _encode_all(images_dir: Path, todo: list[str], encoder: Any, committer: Comm
     workers = min(workers, len(todo))
     model_idle = None
     if workers and encoder.device.startswith("cpu") and torch.get_num_threads() >= _usable_cores():
-        model_idle = _worker_context().Event()
+        model_idle = worker_context().Event()
         model_idle.set()
-    decoded = _decode_in_order(images_dir, todo, spec, workers=workers, window=PREFETCH_BATCHES * batch_size,
-                               model_idle=model_idle)
+    decoded = decode_in_order(images_dir, todo, spec, workers=workers, window=PREFETCH_BATCHES * batch_size,
+                              model_idle=model_idle)
     with contextlib.closing(decoded):  # on Ctrl-C, stop the workers before committing
         _encode_batches(decoded, encoder, to_tensor, committer, bar, batch_size=batch_size,
                         model_idle=model_idle)
@@ -284,151 +282,6 @@ class _Normaliser:
         batch = torch.empty(channels_last.shape, dtype=torch.float32, device=self.device)
         batch.copy_(channels_last)
         return batch.div_(255).sub_(self.mean).div_(self.std)
-
-
-def _decode_in_order(images_dir: Path, relpaths: list[str], spec: ModelInputSpec, *, workers: int,
-                     window: int, loader: Loader = load_model_inputs,
-                     model_idle: Any = None) -> Iterator[tuple[str, Decoded]]:
-    """(relpath, decoded) for each path, in order; at most `window` images are decoded ahead.
-    Workers start a file only while `model_idle` (an Event of `_worker_context()`), if given, is set."""
-    if workers == 0:
-        for relpath in relpaths:
-            yield relpath, loader([str(images_dir / relpath)], spec)[0]
-        return
-    with _DecodePool(workers, spec, loader, model_idle, window=window) as pool:
-        yield from pool.decode(images_dir, relpaths)
-
-
-def _worker_context() -> Any:
-    """Workers never import torch; forkserver (spawn where it does not exist) keeps them from
-    inheriting the parent's threads. The fork server imports the decoding module once, so each worker
-    starts without importing anything (measured: a pool's first result 114 -> 57 ms)."""
-    methods = multiprocessing.get_all_start_methods()
-    if "forkserver" not in methods:
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["clipwidgets.images"])
-    return context
-
-
-class _DecoderHung(BrokenProcessPool):
-    """A decoding task gave no result for DECODE_TIMEOUT_S; its workers were killed."""
-
-
-class _DecodePool:
-    """Worker processes that decode chunks of files; survives a worker dying on a file.
-
-    Chunk number n in flight owns the shared slots of ring position n % max_in_flight, so a chunk's
-    slots are free again (their pixels copied out) before the chunk that reuses them is submitted.
-    """
-
-    def __init__(self, workers: int, spec: ModelInputSpec, loader: Loader, model_idle: Any, *,
-                 window: int) -> None:
-        self.workers = workers
-        self.spec = spec
-        self.loader = loader
-        self.model_idle = model_idle
-        self.chunk_size = max(1, min(16, window // (2 * workers)))
-        self.max_in_flight = max(1, window // self.chunk_size)
-        self.slots = None
-        if spec.supported:  # otherwise the arrays are whole images of any size, sent through the pipe
-            self.slots = SharedSlots(self.max_in_flight * self.chunk_size, spec.image_size)
-        self.context = _worker_context()
-        self.executor = self._start()
-
-    def _start(self) -> ProcessPoolExecutor:
-        slots = None if self.slots is None else self.slots.worker_args
-        return ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=init_decode_worker,
-                                   initargs=(Image.MAX_IMAGE_PIXELS, os.getpid(), self.model_idle, slots))
-
-    def __enter__(self) -> _DecodePool:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        if self.slots is not None:
-            self.slots.close(unlink=True)
-
-    def _submit(self, images_dir: Path, number: int, chunk: list[str]) -> Future:
-        first = (number % self.max_in_flight) * self.chunk_size
-        paths = [str(images_dir / path) for path in chunk]
-        return self.executor.submit(decode_into_slots, self.loader, paths, self.spec,
-                                    range(first, first + len(chunk)))
-
-    def _received(self, results: list[Any]) -> list[Decoded]:
-        """Worker results with each slot number replaced by a copy of the slot's pixels."""
-        return [(self.slots.array[result[0]].copy(), result[1])
-                if not isinstance(result, str) and isinstance(result[0], int) else result
-                for result in results]
-
-    def decode(self, images_dir: Path, relpaths: list[str]) -> Iterator[tuple[str, Decoded]]:
-        size = self.chunk_size
-        chunks = deque(enumerate(relpaths[i:i + size] for i in range(0, len(relpaths), size)))
-        in_flight: deque[tuple[int, list[str], Future]] = deque()
-        worked = False
-        while chunks or in_flight:
-            try:
-                while chunks and len(in_flight) < self.max_in_flight:
-                    number, chunk = chunks.popleft()
-                    in_flight.append((number, chunk, self._submit(images_dir, number, chunk)))
-                results = self._received(self._result(in_flight[0][2]))
-            except BrokenProcessPool:
-                chunks.extendleft(reversed([(number, chunk) for number, chunk, _ in in_flight]))
-                in_flight.clear()
-                self._restart()
-                if not worked and not self._workers_start():
-                    yield from self._in_this_process(images_dir, [chunk for _, chunk in chunks])
-                    return
-                worked = True
-                yield from self._one_by_one(images_dir, *chunks.popleft())
-                continue
-            worked = True
-            yield from zip(in_flight.popleft()[1], results, strict=True)
-
-    def _result(self, future: Future) -> list[Any]:
-        """A task's results; after DECODE_TIMEOUT_S without them, the workers are killed and
-        _DecoderHung (a BrokenProcessPool) raised, so that a chunk is retried file by file."""
-        try:
-            return future.result(timeout=DECODE_TIMEOUT_S)
-        except FutureTimeout:
-            self._kill_workers()
-            raise _DecoderHung("a decoding worker hung") from None
-
-    def _kill_workers(self) -> None:
-        for process in list(getattr(self.executor, "_processes", {}).values()):  # no public API before 3.14
-            process.kill()
-
-    def _workers_start(self) -> bool:
-        """True when a fresh worker can run an empty task (so a failure came from a file)."""
-        try:
-            self.executor.submit(self.loader, [], self.spec).result()
-        except BrokenProcessPool:
-            return False
-        return True
-
-    def _in_this_process(self, images_dir: Path, chunks: list[list[str]]) -> Iterator[tuple[str, Decoded]]:
-        logger.warning("Image decoding worker processes could not start (a script that calls index_images "
-                       "needs an `if __name__ == '__main__':` guard); decoding in this process instead.")
-        for chunk in chunks:
-            yield from zip(chunk, self.loader([str(images_dir / path) for path in chunk], self.spec),
-                           strict=True)
-
-    def _one_by_one(self, images_dir: Path, number: int, chunk: list[str]) -> Iterator[tuple[str, Decoded]]:
-        """Decode a chunk that killed or hung a worker file by file, to skip only the file that does it."""
-        for relpath in chunk:
-            future = self._submit(images_dir, number, [relpath])
-            try:
-                yield relpath, self._received(self._result(future))[0]
-            except _DecoderHung:
-                self._restart()
-                yield relpath, HUNG.format(DECODE_TIMEOUT_S)
-            except BrokenProcessPool:
-                self._restart()
-                yield relpath, CRASHED
-
-    def _restart(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        self.executor = self._start()
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

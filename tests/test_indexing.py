@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,19 +14,15 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from test_images import (
-    crash_on_marked_files,
-    hang_on_marked_files,
-    write_bad_images,
-    write_good_awkward_images,
-)
+from test_images import write_bad_images, write_good_awkward_images
 
 from clipwidgets import images, indexing
 from clipwidgets.cli import main
+from clipwidgets.decode_workers import CRASHED
 from clipwidgets.errors import InvalidInputError, ModelMismatchError
 from clipwidgets.images import ModelInputSpec, scan_images
-from clipwidgets.indexing import CRASHED, _decode_in_order, _worker_context, index_images
-from clipwidgets.store import EmbeddingStore
+from clipwidgets.indexing import MAX_BATCH_SIZE, index_images
+from clipwidgets.store import EmbeddingStore, SkippedFile
 from clipwidgets.synthetic import make_photo, make_photos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,47 +258,51 @@ def test_refuses_another_model_another_folder_and_bad_options(photo_dir, tmp_pat
         index_images(photo_dir, tmp_path / "new.h5", tiny_encoder, batch_size=0, progress=False)
 
 
-def _decode_with_one_bad_copy(photo_dir: Path, encoder, name: str, loader, *, workers: int) -> dict:
-    """Decode the folder plus a copy of one photo called `name` through `loader` in `workers` processes;
-    checks that every file comes back in order, and returns path -> outcome."""
-    (photo_dir / name).write_bytes((photo_dir / "photo_00000.jpg").read_bytes())
-    relpaths = list(scan_images(photo_dir))
-    spec = ModelInputSpec.from_meta(encoder.meta["preprocess"])
-    results = list(_decode_in_order(photo_dir, relpaths, spec, workers=workers, window=8, loader=loader))
-    assert [path for path, _ in results] == relpaths
-    return dict(results)
+def test_a_file_missing_during_a_run_is_retried_on_the_next(photo_dir, tmp_path, tiny_encoder, monkeypatch):
+    """A folder moved away while indexing runs, then back: its files are indexed by the next run."""
+    store_path = tmp_path / "store.h5"
+    found = scan_images(photo_dir)  # the scan sees the file ...
+    (photo_dir / "photo_00003.jpg").rename(tmp_path / "away.jpg")  # ... which is gone when it is decoded
+    monkeypatch.setattr(indexing, "scan_images", lambda root: dict(found))
+    report = index_images(photo_dir, store_path, tiny_encoder, workers=0, progress=False)
+    assert (report.indexed, report.skipped) == (11, 1)
+    assert _skipped(report) == {"photo_00003.jpg": "file not found"}  # reported, with its reason
+    with EmbeddingStore.open(store_path) as store:
+        assert store.skipped() == []  # not remembered as a bad file
+    monkeypatch.undo()
+    (tmp_path / "away.jpg").rename(photo_dir / "photo_00003.jpg")  # back: same size and mtime
+    report = index_images(photo_dir, store_path, tiny_encoder, workers=0, progress=False)
+    assert (report.indexed, report.unchanged, report.skipped) == (1, 11, 0)
+    with EmbeddingStore.open(store_path) as store:
+        assert "photo_00003.jpg" in store.image_paths()
 
 
-def test_a_file_that_kills_its_worker_is_skipped_alone(photo_dir, tiny_encoder):
-    outcome = _decode_with_one_bad_copy(photo_dir, tiny_encoder, "photo_00005_crash.jpg",
-                                        crash_on_marked_files, workers=1)
-    assert outcome.pop("photo_00005_crash.jpg") == CRASHED
-    assert all(pixels.shape == (32, 32, 3) for pixels, _ in outcome.values())
+def test_transient_failures_recorded_by_older_versions_are_retried(photo_dir, tmp_path, tiny_encoder):
+    store_path = tmp_path / "store.h5"
+    stamps = scan_images(photo_dir)
+    reasons = {"photo_00001.jpg": "permission denied", "photo_00002.jpg": CRASHED,
+               "photo_00004.jpg": "truncated file"}
+    with EmbeddingStore.open_or_create(store_path, tiny_encoder.meta, photo_dir) as store:
+        store.add_skipped([SkippedFile(path, reason, *stamps[path]) for path, reason in reasons.items()])
+    report = index_images(photo_dir, store_path, tiny_encoder, workers=0, progress=False)
+    assert (report.indexed, report.skipped) == (11, 1)
+    assert _skipped(report) == {"photo_00004.jpg": "truncated file"}  # bad content: kept until it changes
+    with EmbeddingStore.open(store_path) as store:
+        assert [record.path for record in store.skipped()] == ["photo_00004.jpg"]
 
 
-def test_a_file_whose_decoder_hangs_is_stopped_and_skipped_alone(photo_dir, tiny_encoder, monkeypatch):
-    monkeypatch.setattr(indexing, "DECODE_TIMEOUT_S", 3.0)
-    outcome = _decode_with_one_bad_copy(photo_dir, tiny_encoder, "photo_00005_hang.jpg",
-                                        hang_on_marked_files, workers=2)
-    assert outcome.pop("photo_00005_hang.jpg") == indexing.HUNG.format(3.0)
-    assert all(pixels.shape == (32, 32, 3) for pixels, _ in outcome.values())
-    hung_worker = int((photo_dir / "photo_00005_hang.pid").read_text())
-    assert not psutil.pid_exists(hung_worker) or psutil.Process(hung_worker).status() == psutil.STATUS_ZOMBIE
-
-
-def test_decoding_workers_wait_while_the_model_runs(photo_dir, tiny_encoder):
-    relpaths = list(scan_images(photo_dir))
-    spec = ModelInputSpec.from_meta(tiny_encoder.meta["preprocess"])
-    model_idle = _worker_context().Event()  # not set: "the model is running"
-    decoded = _decode_in_order(photo_dir, relpaths, spec, workers=1, window=8, model_idle=model_idle)
-    results = []
-    consumer = threading.Thread(target=lambda: [results.append(item) for item in decoded])
-    consumer.start()
-    consumer.join(timeout=1.5)
-    assert results == []  # the worker has started, but no file while the model runs
-    model_idle.set()
-    consumer.join(timeout=120)
-    assert [path for path, _ in results] == relpaths
+def test_an_absurd_batch_size_is_refused_with_a_clear_message(photo_dir, tmp_path, tiny_encoder, capsys):
+    with pytest.raises(InvalidInputError, match=f"between 1 and {MAX_BATCH_SIZE:,}"):
+        index_images(photo_dir, tmp_path / "store.h5", tiny_encoder, batch_size=MAX_BATCH_SIZE + 1,
+                     progress=False)
+    assert main(["index", str(photo_dir), "--store", str(tmp_path / "cli.h5"), "--model", "tiny",
+                 "--batch-size", "1000000000000"]) == 2
+    err = capsys.readouterr().err
+    assert "error: batch_size must be between 1 and 4,096" in err and "Traceback" not in err
+    assert not (tmp_path / "store.h5").exists() and not (tmp_path / "cli.h5").exists()
+    report = index_images(photo_dir, tmp_path / "store.h5", tiny_encoder, batch_size=MAX_BATCH_SIZE,
+                          workers=1, progress=False)  # the largest batch, over a few files: slots for 12
+    assert report.indexed == 12
 
 
 def _linked_folder(folder: Path, count: int) -> Path:
