@@ -145,7 +145,8 @@ def _run_index(args: argparse.Namespace) -> int:
 
 
 def _run_import_npy(args: argparse.Namespace) -> int:
-    from .store import import_npy, read_captions
+    from .captions import read_captions
+    from .npy_import import import_npy
 
     if (args.text_embeddings is None) != (args.captions is None):
         raise InvalidInputError("--text-embeddings and --captions go together: give both or neither.")

@@ -1,0 +1,217 @@
+"""Segments: immutable HDF5 files of image rows, memory-mapped for reading.
+
+A segment holds a run of images in insertion order: their vectors, stable ids (ascending), file
+columns, paths packed as offsets + UTF-8 bytes, and a sorted hash index of the paths. Every dataset
+is contiguous and uncompressed, so a reader maps the file once and views each dataset at its offset.
+Pending rows of a writer are a `Segment` in memory with the same fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import StoreError
+from .format import READ_ERRORS
+
+__all__ = ["COLUMNS", "SEGMENT_FORMAT", "Segment", "map_segment", "pack_paths", "path_hashes",
+           "write_segment"]
+
+SEGMENT_FORMAT = "clipwidgets.segment"
+COLUMNS = {"size": np.int64, "mtime_ns": np.int64, "width": np.int32, "height": np.int32}
+CHUNK_ROWS = 65536  # rows copied per step when a merge streams segments into a new one
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Image rows of one segment file (`name`), or pending rows in memory (`name` None)."""
+
+    name: str | None
+    ids: np.ndarray  # (n,) int64, ascending, never reused
+    vectors: np.ndarray  # (n, dim) float16/float32, read-only when mapped
+    columns: dict[str, np.ndarray]  # COLUMNS, (n,) each
+    path_offsets: np.ndarray  # (n + 1,) int64 into path_bytes
+    path_bytes: np.ndarray  # (B,) uint8, UTF-8
+    hash_sorted: np.ndarray  # (n,) uint64, the path hashes sorted
+    hash_order: np.ndarray  # (n,) int64, local row of each sorted hash
+    file_bytes: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def in_memory(cls, ids: np.ndarray, paths: Sequence[str], vectors: np.ndarray,
+                  columns: dict[str, np.ndarray]) -> Segment:
+        offsets, raw = pack_paths(paths)
+        hashes = path_hashes(paths)
+        order = np.argsort(hashes, kind="stable")
+        return cls(None, np.asarray(ids, np.int64), vectors,
+                   {name: np.asarray(columns[name], dtype) for name, dtype in COLUMNS.items()},
+                   offsets, raw, hashes[order], order.astype(np.int64))
+
+    def paths(self, start: int = 0, stop: int | None = None) -> list[str]:
+        """Decoded paths of local rows start..stop."""
+        stop = len(self) if stop is None else stop
+        if stop <= start:
+            return []
+        offsets = self.path_offsets[start:stop + 1].tolist()
+        raw = self.path_bytes[offsets[0]:offsets[-1]].tobytes()
+        base = offsets[0]
+        return [raw[a - base:b - base].decode("utf-8")
+                for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+    def path(self, local: int) -> str:
+        start, stop = int(self.path_offsets[local]), int(self.path_offsets[local + 1])
+        return self.path_bytes[start:stop].tobytes().decode("utf-8")
+
+    def row_hashes(self) -> np.ndarray:
+        """The path hash of every local row, in row order."""
+        out = np.empty(len(self), np.uint64)
+        out[self.hash_order] = self.hash_sorted
+        return out
+
+    def find(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query number, local row) of every row whose path hash equals a queried one."""
+        low = np.searchsorted(self.hash_sorted, hashes, "left")
+        high = np.searchsorted(self.hash_sorted, hashes, "right")
+        counts = high - low
+        queries = np.repeat(np.arange(len(hashes)), counts)
+        if not len(queries):
+            return queries, queries
+        steps = np.arange(len(queries)) - np.repeat(np.cumsum(counts) - counts, counts)
+        return queries, np.asarray(self.hash_order[np.repeat(low, counts) + steps], np.int64)
+
+
+def path_hashes(paths: Sequence[str]) -> np.ndarray:
+    """A stable 64-bit hash of each path (BLAKE2b), the key of the segments' path index."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(p.encode("utf-8"), digest_size=8).digest(), "little")
+                        for p in paths), np.uint64, len(paths))
+
+
+def pack_paths(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets (n+1,) int64, bytes (B,) uint8) of the UTF-8 paths joined."""
+    encoded = [path.encode("utf-8") for path in paths]
+    offsets = np.zeros(len(encoded) + 1, np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return offsets, np.frombuffer(b"".join(encoded), np.uint8).copy()
+
+
+def _gather_bytes(segment: Segment, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, bytes) of the paths of `rows` (ascending local rows) of `segment`."""
+    starts = np.asarray(segment.path_offsets[rows], np.int64)
+    lengths = np.asarray(segment.path_offsets[rows + 1], np.int64) - starts
+    if not len(rows):
+        return lengths, np.zeros(0, np.uint8)
+    first, last = int(starts[0]), int(starts[-1] + lengths[-1])
+    window = np.asarray(segment.path_bytes[first:last])
+    outs = np.cumsum(lengths) - lengths
+    index = np.arange(int(lengths.sum())) - np.repeat(outs - (starts - first), lengths)
+    return lengths, window[index]
+
+
+def _all_finite(block: np.ndarray) -> bool:
+    if block.dtype == np.float16:  # exponent bits all ones: inf or NaN (a bit test, 10x np.isfinite)
+        return not bool(np.any((block.view(np.uint16) & 0x7C00) == 0x7C00))
+    return bool(np.isfinite(block).all())
+
+
+def write_segment(path: Path, parts: Sequence[tuple[Segment, np.ndarray]], *, dim: int, dtype: str) -> int:
+    """Write the rows `parts` select ((segment, ascending local rows) each) as a new segment file.
+
+    Streams CHUNK_ROWS rows at a time, so memory stays small; refuses non-finite vectors (a crafted
+    segment) naming the segment. Returns the number of rows written.
+    """
+    total = sum(len(rows) for _, rows in parts)
+    path_total = sum(int((seg.path_offsets[rows + 1] - seg.path_offsets[rows]).sum()) for seg, rows in parts)
+    hashes = (np.concatenate([seg.row_hashes()[rows] for seg, rows in parts]) if parts
+              else np.zeros(0, np.uint64))
+    with h5py.File(path, "w") as f:
+        f.attrs["format_name"] = SEGMENT_FORMAT
+        f.attrs["rows"] = total
+        images = f.create_group("images")
+        vectors = images.create_dataset("embeddings", (total, dim), dtype)
+        ids = images.create_dataset("id", (total,), np.int64)
+        columns = {name: images.create_dataset(name, (total,), dt) for name, dt in COLUMNS.items()}
+        offsets = np.zeros(total + 1, np.int64)
+        raw = images.create_dataset("path_bytes", (path_total,), np.uint8)
+        out = byte_out = 0
+        for segment, rows in parts:
+            for start in range(0, len(rows), CHUNK_ROWS):
+                chosen = rows[start:start + CHUNK_ROWS]
+                block = np.asarray(segment.vectors[chosen], dtype=dtype)
+                if not _all_finite(block):
+                    raise StoreError(f"Segment {segment.name or '(pending rows)'} holds NaN or inf vectors "
+                                     "(a damaged or crafted file); it was left untouched.")
+                stop = out + len(chosen)
+                vectors[out:stop] = block
+                ids[out:stop] = np.asarray(segment.ids[chosen])
+                for name, dataset in columns.items():
+                    dataset[out:stop] = np.asarray(segment.columns[name][chosen])
+                lengths, data = _gather_bytes(segment, chosen)
+                offsets[out + 1:stop + 1] = byte_out + np.cumsum(lengths)
+                if len(data):
+                    raw[byte_out:byte_out + len(data)] = data
+                out, byte_out = stop, byte_out + len(data)
+        images.create_dataset("path_offsets", data=offsets)
+        images.create_dataset("path_length", data=np.diff(offsets).astype(np.int32))
+        order = np.argsort(hashes, kind="stable")
+        index = f.create_group("index")
+        index.create_dataset("hash_sorted", data=hashes[order])
+        index.create_dataset("hash_order", data=order.astype(np.int64))
+    return total
+
+
+def _view(mapped: np.ndarray, dataset: h5py.Dataset, size: int, name: str) -> np.ndarray:
+    """The contiguous dataset as a read-only view of the mapped file (bounds and layout checked)."""
+    offset = dataset.id.get_offset()
+    count = int(np.prod(dataset.shape))
+    nbytes = count * dataset.dtype.itemsize
+    if count == 0:
+        return np.zeros(dataset.shape, dataset.dtype)
+    if dataset.chunks is not None or dataset.compression or offset is None or offset + nbytes > size:
+        raise StoreError(f"Segment {name}: dataset {dataset.name} is not a whole contiguous array "
+                         "inside the file (truncated or not written by clipwidgets).")
+    return mapped[offset:offset + nbytes].view(dataset.dtype).reshape(dataset.shape)
+
+
+def map_segment(path: Path, name: str, *, rows: int, dim: int, dtype: str, file_bytes: int) -> Segment:
+    """Map a segment file; StoreError naming the file when it is missing, truncated or inconsistent."""
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise StoreError(f"Segment file {path} is missing. Restore it, or run `clipwidgets compact --store "
+                         f"{path.parent.with_suffix('')} --drop-missing` to drop its rows.") from None
+    if size != file_bytes:
+        raise StoreError(f"Segment file {path} has {size} bytes, but the manifest recorded {file_bytes} "
+                         "(truncated or replaced). Restore it, or run `clipwidgets compact --store "
+                         f"{path.parent.with_suffix('')} --drop-missing` to drop its rows.")
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if f.attrs.get("format_name") != SEGMENT_FORMAT or int(f.attrs["rows"]) != rows:
+                raise StoreError(f"Segment file {path} is not the segment the manifest lists "
+                                 f"({rows} rows).")
+            mapped = np.memmap(path, np.uint8, "c") if size else np.zeros(0, np.uint8)  # copy-on-write
+            images, index = f["images"], f["index"]
+            view = {key: _view(mapped, dataset, size, str(path)) for key, dataset in
+                    [*images.items(), *[(f"index/{k}", v) for k, v in index.items()]]}
+    except READ_ERRORS as error:
+        raise StoreError(f"Segment file {path} is unreadable ({type(error).__name__}: {error}). Restore "
+                         f"it, or run `clipwidgets compact --store {path.parent.with_suffix('')} "
+                         "--drop-missing` to drop its rows.") from error
+    segment = Segment(name, view["id"], view["embeddings"], {key: view[key] for key in COLUMNS},
+                      view["path_offsets"], view["path_bytes"], view["index/hash_sorted"],
+                      view["index/hash_order"], file_bytes)
+    shapes_ok = (segment.vectors.shape == (rows, dim) and segment.vectors.dtype == np.dtype(dtype)
+                 and all(len(c) == rows for c in (segment.ids, segment.hash_sorted, segment.hash_order,
+                                                  *segment.columns.values()))
+                 and len(segment.path_offsets) == rows + 1)
+    if not shapes_ok:
+        raise StoreError(f"Segment file {path} does not match its manifest entry ({rows} rows of "
+                         f"{dim}-d {dtype}); restore it or run `clipwidgets compact --drop-missing`.")
+    return segment
