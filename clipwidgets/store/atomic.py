@@ -85,7 +85,7 @@ def lock(path: Path) -> int:
                          "The folder must be writable to change the store.") from error
     try:
         if os.name == "nt":
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
         else:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except (BlockingIOError, PermissionError):
@@ -99,7 +99,7 @@ def unlock(fd: int | None) -> None:
     """Release a lock taken by `lock` (None: nothing to release)."""
     if fd is not None:
         if os.name == "nt":
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
         else:
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

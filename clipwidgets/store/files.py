@@ -23,7 +23,7 @@ from .format import damaged, open_checked, read_root_attrs
 from .format_v1 import read_v1
 from .manifest import SEGMENT_NAME, TEXTS_NAME, read_manifest, segments_folder, write_manifest
 from .merge import plan_merge
-from .segments import Segment, map_segment, write_segment
+from .segments import Segment, open_segment, write_segment
 from .snapshot import Snapshot
 from .texts import write_texts
 
@@ -121,7 +121,7 @@ def _new_file(folder: Path, attrs: Mapping[str, Any], parts: list[tuple[Segment,
     written.append(target)
     write_atomically(target, lambda tmp: counts.append(write_segment(tmp, parts, dim=dim, dtype=dtype)),
                      sync_folder=False)
-    return map_segment(target, name, rows=counts[0], dim=dim, dtype=dtype, file_bytes=target.stat().st_size)
+    return open_segment(target, name, rows=counts[0], dim=dim, dtype=dtype, file_bytes=target.stat().st_size)
 
 
 def _replace_segments(snap: Snapshot, start: int, stop: int, new: Segment | None) -> Snapshot:

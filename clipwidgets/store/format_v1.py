@@ -61,7 +61,7 @@ def read_v1(path: Path, f: h5py.File, attrs: Mapping[str, Any]) -> Snapshot:
     if problems:
         raise damaged(path, "; ".join(problems))
     for name, block in (("images", vectors), ("texts", text_vectors)):
-        bad = np.flatnonzero(~np.isfinite(block.astype(np.float32)).all(axis=1)) if block.size else []
+        bad = np.flatnonzero(~np.isfinite(block.astype(np.float32)).all(axis=1))
         if len(bad):
             raise damaged(path, f"{name}/embeddings row {bad[0]} holds NaN or inf")
     ids = np.arange(count, dtype=np.int64)

@@ -222,7 +222,10 @@ class StoreView:
         meta = self._meta_of_rows(rows[rows >= 0])
         stored = dict(zip((n for n, r in zip(names, rows.tolist(), strict=True) if r >= 0),
                           zip(meta["size"].tolist(), meta["mtime_ns"].tolist(), strict=True), strict=True))
-        new, changed, unchanged, skipped_unchanged = [], [], [], []
+        new: list[str] = []
+        changed: list[str] = []
+        unchanged: list[str] = []
+        skipped_unchanged: list[str] = []
         for path, (size, mtime) in files.items():
             stamp = (int(size), int(mtime))
             record = snap.skipped.get(path)
@@ -243,7 +246,7 @@ class StoreView:
     def _paths_of_rows(self, rows: np.ndarray) -> list[str]:
         snap = self._view
         seg, local = snap.locate_rows(rows)
-        out = []
+        out: list[str] = []
         for k in np.unique(seg).tolist():
             segment = snap.segments[k]
             out.extend(segment.path(i) for i in local[seg == k].tolist())
