@@ -79,7 +79,7 @@ def test_tombstones_blocks_and_compaction(store):
     with h5py.File(store.path, "r") as f:
         assert len(f["images/deleted"]) == 2 and f["images/embeddings"].shape == (10, DIM)
     info = store.info()
-    assert (info["images"], info["tombstones"], info["segments"]) == (8, 2, 2)
+    assert (info["images"], info["tombstones"], info["segments"], info["merges_due"]) == (8, 2, 2, False)
     assert main(["compact", "--store", str(store.path)]) == 2  # the writer holds the lock
     store.close()
     assert main(["compact", "--store", str(store.path), "--full", "--json"]) == 0

@@ -22,7 +22,7 @@ from .files import commit, failure_message, read_store, remove_unlisted, without
 from .format import DTYPES, FORMAT_VERSION, check_model_meta, model_label, open_checked
 from .manifest import segments_folder
 from .merge import INLINE_MERGE_BYTES
-from .segments import Segment
+from .segments import Segment, path_hashes
 from .snapshot import SkippedFile, Snapshot
 from .texts import Texts
 from .validation import relative_path, relative_paths, validated_embeddings
@@ -218,11 +218,12 @@ class EmbeddingStore(StoreView):
             columns[name] = column
         with self.batch():
             snap = self._view
-            existing = snap.find_paths(relpaths)
+            hashes = path_hashes(relpaths)
+            existing = snap.find_paths(relpaths, hashes)
             replaced = existing >= 0
             old_ids = snap.ids_of_rows(existing[replaced])
             new_ids = np.arange(snap.next_id, snap.next_id + count, dtype=np.int64)
-            segment = Segment.in_memory(new_ids, relpaths, rows, columns)
+            segment = Segment.in_memory(new_ids, relpaths, rows, columns, hashes)
             names = set(relpaths)
             self._pending = snap.edited(
                 segments=(*snap.segments, segment) if count else snap.segments,

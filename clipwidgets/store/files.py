@@ -85,7 +85,7 @@ def commit(path: Path, attrs: Mapping[str, Any], snap: Snapshot, *, merge_budget
         snap = _write_pending(folder, attrs, snap, written)
         if merge_all and len(snap.segments) > 1:
             snap = merge(folder, attrs, snap, (0, len(snap.segments)), written)
-        while (window := plan_merge(*_sizes(snap), budget=merge_budget)) is not None:
+        while (window := plan_merge(*snap.sizes(), budget=merge_budget)) is not None:
             snap = merge(folder, attrs, snap, window, written)
         write_atomically(path, lambda tmp: write_manifest(tmp, path, attrs, snap))
     except BaseException:
@@ -103,12 +103,6 @@ def failure_message(path: Path, error: BaseException, images: int) -> str:
     reason = "the disk is full" if disk_full else str(error)
     return (f"Could not save store {path}: {reason}. The store still holds its previous state ({images} "
             "images); free space or fix permissions and retry.")
-
-
-def _sizes(snap: Snapshot) -> tuple[list[int], list[int], list[int]]:
-    dead = snap.layout.dead_local
-    return ([len(s) - len(d) for s, d in zip(snap.segments, dead, strict=True)],
-            [len(s) for s in snap.segments], [s.file_bytes for s in snap.segments])
 
 
 def _new_file(folder: Path, attrs: Mapping[str, Any], parts: list[tuple[Segment, np.ndarray]],

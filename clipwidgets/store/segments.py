@@ -48,9 +48,9 @@ class Segment:
 
     @classmethod
     def in_memory(cls, ids: np.ndarray, paths: Sequence[str], vectors: np.ndarray,
-                  columns: dict[str, np.ndarray]) -> Segment:
+                  columns: dict[str, np.ndarray], hashes: np.ndarray | None = None) -> Segment:
         offsets, raw = pack_paths(paths)
-        hashes = path_hashes(paths)
+        hashes = path_hashes(paths) if hashes is None else hashes
         order = np.argsort(hashes, kind="stable")
         return cls(None, np.asarray(ids, np.int64), vectors,
                    {name: np.asarray(columns[name], dtype) for name, dtype in COLUMNS.items()},

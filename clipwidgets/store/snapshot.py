@@ -85,6 +85,12 @@ class Snapshot:
             self._layout = _Layout(dead_local, np.array(live, np.int64), first)
         return self._layout
 
+    def sizes(self) -> tuple[list[int], list[int], list[int]]:
+        """(live rows, rows, file bytes) of each segment: what the merge policy looks at."""
+        dead = self.layout.dead_local
+        return ([len(s) - len(d) for s, d in zip(self.segments, dead, strict=True)],
+                [len(s) for s in self.segments], [s.file_bytes for s in self.segments])
+
     @property
     def num_images(self) -> int:
         return int(self.layout.row_starts[-1])
@@ -152,12 +158,13 @@ class Snapshot:
             out[mine] = np.asarray(self.segments[k].ids[local[mine]])
         return out
 
-    def find_paths(self, paths: Sequence[str]) -> np.ndarray:
-        """Public row of each path (-1: not stored), by the segments' hash index."""
+    def find_paths(self, paths: Sequence[str], hashes: np.ndarray | None = None) -> np.ndarray:
+        """Public row of each path (-1: not stored), by the segments' hash index (`hashes`: the
+        paths' `path_hashes`, when the caller has them)."""
         rows = np.full(len(paths), -1, np.int64)
         if not len(paths) or not self.segments:
             return rows
-        hashes = path_hashes(paths)
+        hashes = path_hashes(paths) if hashes is None else hashes
         for k, segment in enumerate(self.segments):
             queries, local = segment.find(hashes)
             if not len(queries):

@@ -15,6 +15,7 @@ from ..errors import InvalidInputError, ModelMismatchError
 from ..images import scan_images
 from .format import FORMAT_NAME, check_model_meta, model_label, same_model
 from .manifest import segments_folder
+from .merge import plan_merge
 from .snapshot import SkippedFile, Snapshot
 from .validation import relative_path, safe_stored_path
 
@@ -289,5 +290,6 @@ class StoreView:
             "segments_folder": str(folder),
             "segment_bytes": int(sum(files)),
             "tombstones": int(len(snap.dead)),
+            "merges_due": plan_merge(*snap.sizes(), budget=float("inf")) is not None,  # compact runs them
             "subsets": {name: len(rows) for name, rows in self.subsets().items()},
         }
