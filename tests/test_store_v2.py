@@ -185,3 +185,21 @@ def test_a_new_store_over_the_folder_of_a_deleted_one(tmp_path, store):
     store.path.unlink()  # the user deleted the manifest only
     with EmbeddingStore.create(store.path, META, store.image_root) as fresh:
         assert fresh.num_images == 0 and segment_files(fresh) == []
+
+
+def test_a_reader_racing_a_merge_reads_the_new_manifest(store, monkeypatch):
+    from clipwidgets.store import manifest
+
+    add(store, ["a.jpg"])
+    add(store, ["b.jpg"], seed=1)
+    original, raced = manifest.map_segment, []
+
+    def racing(*args, **kwargs):
+        if not raced:  # the writer merges (and deletes the segments) just before the reader maps them
+            raced.append(True)
+            store.compact(full=True)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(manifest, "map_segment", racing)
+    reader = EmbeddingStore.open(store.path)
+    assert raced and reader.image_paths() == ["a.jpg", "b.jpg"] and len(reader.vector_blocks()) == 1
