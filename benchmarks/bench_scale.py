@@ -107,17 +107,18 @@ COMMITS = textwrap.dedent("""
     store = EmbeddingStore.open(path, "a")
     rss_open = rss_mb()
     first = 10**9
-    times = []
+    times, cpu = [], []
     for c in range(commits):
         start = first + 32 * c
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         store.add_images([path_of(i) for i in range(start, start + 32)], rows_between(start, start + 32),
                          sizes=[1] * 32, mtimes_ns=[1] * 32, widths=[1] * 32, heights=[1] * 32)
         times.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - cpu_started)
     segments = store.info()["segments"]
     store.close()
     peak = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
-    print(json.dumps({"times": times, "rss_after_open_mb": rss_open, "peak_rss_mb": peak,
+    print(json.dumps({"times": times, "cpu": cpu, "rss_after_open_mb": rss_open, "peak_rss_mb": peak,
                       "segments_after": segments}))
 """)
 
@@ -148,6 +149,7 @@ def commit_figures(path: Path, commits: int) -> dict[str, Any]:
     EmbeddingStore.open(path, "a").close()  # a writer deletes the unlisted segments
     times = np.array(result["times"])
     return {"median_s": float(np.median(times)), "p90_s": float(np.percentile(times, 90)),
+            "cpu_median_s": float(np.median(result["cpu"])),
             "max_s": float(times.max()), "peak_rss_mb": result["peak_rss_mb"],
             "rss_after_open_mb": result["rss_after_open_mb"], "segments_after": result["segments_after"]}
 
@@ -227,6 +229,54 @@ def kill_figures(rows: int, kills: int, mode: str, *, seed: int) -> dict[str, An
         return {"kills": kills, "rows_at_end": reported, "prefix_ok": True}
 
 
+def vds_figures(path: Path, rows: int) -> dict[str, Any]:
+    """Why virtual datasets: the manifest's write time by segment count (the store's first segment
+    listed 10, 40 and 160 times), and reading the first `rows` rows through the virtual dataset
+    against copying them from the memory maps."""
+    import dataclasses
+
+    import h5py
+
+    from clipwidgets.store import EmbeddingStore
+    from clipwidgets.store.manifest import write_manifest
+
+    store = EmbeddingStore.open(path)
+    snap = store._view
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_scale_vds_") as tmp:
+        for count in (10, 40, 160):
+            segments = tuple(dataclasses.replace(snap.segments[0], name=f"seg-{i:016x}-00000000.h5")
+                             for i in range(count))
+            listed = snap.edited(segments=segments, dead=np.zeros(0, np.int64))
+            times = []
+            for _ in range(5):
+                started = time.perf_counter()
+                write_manifest(Path(tmp) / "manifest.h5", store.path, store._attrs, listed)
+                times.append(time.perf_counter() - started)
+            figures[f"manifest_write_ms_{count}_segments"] = 1000 * float(np.median(times))
+    with h5py.File(path, "r") as f:
+        started = time.perf_counter()
+        dataset = f["images/embeddings"]
+        figures["h5py_open_virtual_ms"] = 1000 * (time.perf_counter() - started)
+        for label in ("first", "second"):
+            started = time.perf_counter()
+            through_vds = dataset[:rows]
+            figures[f"virtual_read_s_{label}"] = time.perf_counter() - started
+    started = time.perf_counter()
+    parts, left = [], rows
+    for block in store.vector_blocks():
+        take = min(left, len(block.vectors))
+        parts.append(np.array(block.vectors[:take]))
+        left -= take
+        if not left:
+            break
+    mapped = np.concatenate(parts)
+    figures["memmap_copy_s"] = time.perf_counter() - started
+    if not np.array_equal(mapped, through_vds):
+        raise RuntimeError("the virtual dataset and the memory maps disagree")
+    return figures
+
+
 def run(quick: bool, rows: int | None = None, kills: int | None = None) -> dict[str, Any]:
     """Scale figures for `rows` (quick: 100k, else 10M) against a 10k-row store."""
     rows = rows or (100_000 if quick else 10_000_000)
@@ -242,6 +292,7 @@ def run(quick: bool, rows: int | None = None, kills: int | None = None) -> dict[
     figures["writer_peak_rss_mb"] = figures["commit_big"]["peak_rss_mb"]
     figures["open"] = open_figures(big, 3)
     figures["open_s"], figures["open_rss_mb"] = figures["open"]["open_s"], figures["open"]["rss_mb"]
+    figures["vds"] = vds_figures(big, min(rows, 1_000_000))
     kill_rows = 20_000 if quick else 200_000
     figures["kills_commit"] = kill_figures(kill_rows, kills, "run", seed=1)
     figures["kills_compact"] = kill_figures(kill_rows, kills, "compact", seed=2)
@@ -254,6 +305,8 @@ def run(quick: bool, rows: int | None = None, kills: int | None = None) -> dict[
     print_table(f"Scale: {rows:,} x {DIM} float16 store ({figures['generation']['segments']} segments)", [
         ["commit of 32 rows, median / p90 / max (ms)", ms(big_commit), f"10k rows: {ms(small_commit)}"],
         ["commit median, big / 10k", f"{figures['commit_ratio_big_vs_10k']:.2f}", "target <= 2"],
+        ["CPU time per commit, median (ms)", f"{big_commit['cpu_median_s'] * 1e3:.1f}",
+         f"10k rows: {small_commit['cpu_median_s'] * 1e3:.1f}; the rest is 4 fsyncs and waiting"],
         ["writer peak RSS (MiB)", f"{figures['writer_peak_rss_mb']:.0f}", "target <= 1 GB"],
         ["open in a fresh process (s)", f"{figures['open_s']:.3f}",
          f"imports before it: {figures['open']['import_s']:.2f} s"],

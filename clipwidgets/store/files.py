@@ -1,8 +1,9 @@
 """Reading a whole store (either format) from disk, and committing a snapshot to it.
 
-A commit writes new segment and text files under fresh names, then atomically replaces the manifest,
-then deletes the files the new manifest no longer lists. Until the rename nothing a reader can see
-has changed, so a crash at any point leaves the previous or the new complete commit.
+A commit writes new segment and text files under fresh names (fsynced, and their folder too), then
+atomically replaces the manifest, then deletes the files the new manifest no longer lists. Until the
+rename nothing a reader can see has changed, so a crash at any point leaves the previous or the new
+complete commit.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .format import damaged, open_checked, read_root_attrs
 from .format_v1 import read_v1
 from .manifest import SEGMENT_NAME, TEXTS_NAME, read_manifest, segments_folder, write_manifest
 from .merge import plan_merge
-from .segments import Segment, open_segment, write_segment
+from .segments import Segment, map_segment, write_segment
 from .snapshot import Snapshot
 from .texts import write_texts
 
@@ -111,11 +112,13 @@ def _new_file(folder: Path, attrs: Mapping[str, Any], parts: list[tuple[Segment,
     name = f"seg-{first:016x}-{secrets.token_hex(4)}.h5"
     target = folder / name
     dim, dtype = int(attrs["model_meta"]["embed_dim"]), attrs["dtype"]
-    counts: list[int] = []
     written.append(target)
-    write_atomically(target, lambda tmp: counts.append(write_segment(tmp, parts, dim=dim, dtype=dtype)),
-                     sync_folder=False)
-    return open_segment(target, name, rows=counts[0], dim=dim, dtype=dtype, file_bytes=target.stat().st_size)
+    # Written under its final name: no manifest lists it until the commit's rename, and a file left
+    # half-written by a killed writer is deleted by the next one (remove_unlisted).
+    rows, offsets, path_bytes = write_segment(target, parts, dim=dim, dtype=dtype)
+    fsync_path(target)
+    return map_segment(target, name, rows=rows, dim=dim, dtype=dtype, file_bytes=target.stat().st_size,
+                       offsets=offsets, path_bytes=path_bytes)
 
 
 def _replace_segments(snap: Snapshot, start: int, stop: int, new: Segment | None) -> Snapshot:
@@ -140,7 +143,8 @@ def _write_pending(folder: Path, attrs: Mapping[str, Any], snap: Snapshot, writt
     if snap.texts.name is None and len(snap.texts):
         name = f"texts-{secrets.token_hex(4)}.h5"
         written.append(folder / name)
-        write_atomically(folder / name, lambda tmp: write_texts(tmp, snap.texts), sync_folder=False)
+        write_texts(folder / name, snap.texts)
+        fsync_path(folder / name)
         snap = snap.edited(texts=_named(snap.texts, name))
     if written:
         fsync_path(folder)

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
 from ..errors import StoreError
-from .format import READ_ERRORS
 
-__all__ = ["COLUMNS", "LAYOUT", "SEGMENT_FORMAT", "Segment", "map_segment", "open_segment", "pack_paths",
-           "path_hashes", "write_segment"]
+__all__ = ["COLUMNS", "LAYOUT", "SEGMENT_FORMAT", "Segment", "map_segment", "pack_paths", "path_hashes",
+           "write_segment"]
 
 SEGMENT_FORMAT = "clipwidgets.segment"
 COLUMNS = {"size": np.int64, "mtime_ns": np.int64, "width": np.int32, "height": np.int32}
@@ -122,52 +122,73 @@ def _all_finite(block: np.ndarray) -> bool:
     return bool(np.isfinite(block).all())
 
 
-def write_segment(path: Path, parts: Sequence[tuple[Segment, np.ndarray]], *, dim: int, dtype: str) -> int:
+def _blocks(parts: Sequence[tuple[Segment, np.ndarray]], dtype: str) -> Iterator[tuple[Any, ...]]:
+    """(vectors, ids, columns, path lengths, path bytes) of up to CHUNK_ROWS selected rows at a time."""
+    for segment, rows in parts:
+        for start in range(0, len(rows), CHUNK_ROWS):
+            chosen = rows[start:start + CHUNK_ROWS]
+            block = np.asarray(segment.vectors[chosen], dtype=dtype)
+            if not _all_finite(block):
+                raise StoreError(f"Segment {segment.name or '(pending rows)'} holds NaN or inf vectors "
+                                 "(a damaged or crafted file); it was left untouched.")
+            lengths, data = _gather_bytes(segment, chosen)
+            yield (block, np.asarray(segment.ids[chosen]),
+                   {name: np.asarray(segment.columns[name][chosen]) for name in COLUMNS}, lengths, data)
+
+
+def write_segment(path: Path, parts: Sequence[tuple[Segment, np.ndarray]], *, dim: int,
+                  dtype: str) -> tuple[int, list[int], int]:
     """Write the rows `parts` select ((segment, ascending local rows) each) as a new segment file.
 
-    Streams CHUNK_ROWS rows at a time, so memory stays small; refuses non-finite vectors (a crafted
-    segment) naming the segment. Returns the number of rows written.
+    Up to CHUNK_ROWS rows are written in one call per dataset; more are streamed CHUNK_ROWS at a time,
+    so memory stays small. Refuses non-finite vectors (a crafted segment), naming the segment.
+    Returns (rows, file offset of each LAYOUT dataset (-1: empty), bytes of packed paths).
     """
     total = sum(len(rows) for _, rows in parts)
     path_total = sum(int((seg.path_offsets[rows + 1] - seg.path_offsets[rows]).sum()) for seg, rows in parts)
     hashes = (np.concatenate([seg.row_hashes()[rows] for seg, rows in parts]) if parts
               else np.zeros(0, np.uint64))
+    offsets = np.zeros(total + 1, np.int64)
+    order = np.argsort(hashes, kind="stable")
     with h5py.File(path, "w") as f:
         f.attrs["format_name"] = SEGMENT_FORMAT
         f.attrs["rows"] = total
-        images = f.create_group("images")
-        vectors = images.create_dataset("embeddings", (total, dim), dtype)
-        ids = images.create_dataset("id", (total,), np.int64)
-        columns = {name: images.create_dataset(name, (total,), dt) for name, dt in COLUMNS.items()}
-        offsets = np.zeros(total + 1, np.int64)
-        raw = images.create_dataset("path_bytes", (path_total,), np.uint8)
-        out = byte_out = 0
-        for segment, rows in parts:
-            for start in range(0, len(rows), CHUNK_ROWS):
-                chosen = rows[start:start + CHUNK_ROWS]
-                block = np.asarray(segment.vectors[chosen], dtype=dtype)
-                if not _all_finite(block):
-                    raise StoreError(f"Segment {segment.name or '(pending rows)'} holds NaN or inf vectors "
-                                     "(a damaged or crafted file); it was left untouched.")
-                stop = out + len(chosen)
-                vectors[out:stop] = block
-                ids[out:stop] = np.asarray(segment.ids[chosen])
-                for name, dataset in columns.items():
-                    dataset[out:stop] = np.asarray(segment.columns[name][chosen])
-                lengths, data = _gather_bytes(segment, chosen)
+        if total <= CHUNK_ROWS:  # one block: each dataset written whole at creation
+            blocks = list(_blocks(parts, dtype))
+            if blocks:
+                np.cumsum(np.concatenate([b[3] for b in blocks]), out=offsets[1:])
+            data = {"images/embeddings": np.concatenate([b[0] for b in blocks]) if blocks
+                    else np.zeros((0, dim), dtype),
+                    "images/id": np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, np.int64),
+                    **{f"images/{name}": np.concatenate([b[2][name] for b in blocks]) if blocks
+                       else np.zeros(0, dt) for name, dt in COLUMNS.items()},
+                    "images/path_bytes": np.concatenate([b[4] for b in blocks]) if blocks
+                    else np.zeros(0, np.uint8)}
+            for key, values in data.items():
+                f.create_dataset(key, data=values)
+        else:
+            datasets = {key: f.create_dataset(key, shape, dt) for key, (dt, shape) in
+                        _shapes(total, dim, dtype, path_total).items() if key in _STREAMED}
+            out = byte_out = 0
+            for vectors, ids, columns, lengths, raw in _blocks(parts, dtype):
+                stop = out + len(ids)
+                datasets["images/embeddings"][out:stop] = vectors
+                datasets["images/id"][out:stop] = ids
+                for name, values in columns.items():
+                    datasets[f"images/{name}"][out:stop] = values
                 offsets[out + 1:stop + 1] = byte_out + np.cumsum(lengths)
-                if len(data):
-                    raw[byte_out:byte_out + len(data)] = data
-                out, byte_out = stop, byte_out + len(data)
-        images.create_dataset("path_offsets", data=offsets)
-        images.create_dataset("path_length", data=np.diff(offsets).astype(np.int32))
-        order = np.argsort(hashes, kind="stable")
-        index = f.create_group("index")
-        index.create_dataset("hash_sorted", data=hashes[order])
-        index.create_dataset("hash_order", data=order.astype(np.int64))
-    return total
+                if len(raw):
+                    datasets["images/path_bytes"][byte_out:byte_out + len(raw)] = raw
+                out, byte_out = stop, byte_out + len(raw)
+        f.create_dataset("images/path_offsets", data=offsets)
+        f.create_dataset("images/path_length", data=np.diff(offsets).astype(np.int32))
+        f.create_dataset("index/hash_sorted", data=hashes[order])
+        f.create_dataset("index/hash_order", data=order.astype(np.int64))
+        located = [f[key].id.get_offset() for key in LAYOUT]
+    return total, [-1 if offset is None else int(offset) for offset in located], path_total
 
 
+_STREAMED = ("images/embeddings", "images/id", *(f"images/{name}" for name in COLUMNS), "images/path_bytes")
 LAYOUT = ("images/embeddings", "images/id", "images/size", "images/mtime_ns", "images/width", "images/height",
           "images/path_offsets", "images/path_bytes", "index/hash_sorted", "index/hash_order")
 
@@ -232,26 +253,3 @@ def map_segment(path: Path, name: str, *, rows: int, dim: int, dtype: str, file_
     if ends is not None and first_id is not None and ends != (first_id, last_id):
         raise _problem(path, "is not the segment the manifest lists (other image ids)")
     return segment
-
-
-def open_segment(path: Path, name: str, *, rows: int, dim: int, dtype: str, file_bytes: int) -> Segment:
-    """Open a segment file with HDF5, check every dataset's layout, and map it (a writer's check of
-    what it just wrote; gives the offsets the manifest records)."""
-    size = _file_size(path, file_bytes)
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            if f.attrs.get("format_name") != SEGMENT_FORMAT or int(f.attrs["rows"]) != rows:
-                raise _problem(path, f"is not the segment the manifest lists ({rows} rows)")
-            path_bytes = f["images/path_bytes"].shape[0]
-            offsets = []
-            for key, (dt, shape) in _shapes(rows, dim, dtype, path_bytes).items():
-                dataset = f[key]
-                offset = dataset.id.get_offset()
-                if dataset.shape != shape or dataset.dtype != dt or dataset.chunks is not None or (
-                        offset is None and dataset.size):
-                    raise _problem(path, f"does not hold {key} as a contiguous {dt} array of shape {shape}")
-                offsets.append(-1 if offset is None else int(offset))
-    except READ_ERRORS as error:
-        raise _problem(path, f"is unreadable ({type(error).__name__}: {error})") from error
-    return map_segment(path, name, rows=rows, dim=dim, dtype=dtype, file_bytes=size, offsets=offsets,
-                       path_bytes=path_bytes)
