@@ -8,6 +8,7 @@ commit; image rows live in immutable, memory-mapped segment files in `<name>.h5.
 - `segments`, `texts`, `manifest`, `format_v1`: the files, and reading v1
 - `snapshot`: one state of a store and its numberings (ids, segment rows, public rows)
 - `merge`: the tiered merge policy; `files`: reading a store and committing a snapshot
+- `validation`: checks of what callers pass in (paths, vectors) and of paths read back
 - `view`, `embedding_store`: the `EmbeddingStore` API (reads, then writes)
 """
 

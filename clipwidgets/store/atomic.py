@@ -105,12 +105,12 @@ def unlock(fd: int | None) -> None:
         os.close(fd)
 
 
-def remove_temp_files(folder: Path, name: str | None = None) -> None:
-    """Delete temp files killed writers left in `folder` (of file `name` only, when given).
+def remove_temp_files(folder: Path, name: str) -> None:
+    """Delete the temp files of file `name` that killed writers left in `folder`.
 
     Only our exact name pattern is touched; the caller holds the writer lock.
     """
-    prefix = f".{name}.tmp-" if name else "."
+    prefix = f".{name}.tmp-"
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
             if entry.name.startswith(prefix) and is_temp_name(entry.name):
