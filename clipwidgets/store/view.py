@@ -220,26 +220,26 @@ class StoreView:
         snap = self._view
         names = list(files)
         rows = snap.find_paths(names)
-        meta = self._meta_of_rows(rows[rows >= 0])
-        stored = dict(zip((n for n, r in zip(names, rows.tolist(), strict=True) if r >= 0),
-                          zip(meta["size"].tolist(), meta["mtime_ns"].tolist(), strict=True), strict=True))
+        found = rows >= 0
+        scan = np.array([(int(size), int(mtime)) for size, mtime in files.values()], np.int64).reshape(-1, 2)
+        meta = self._meta_of_rows(rows[found])
+        same = np.zeros(len(names), bool)
+        same[found] = (meta["size"] == scan[found, 0]) & (meta["mtime_ns"] == scan[found, 1])
+        unchanged = [names[i] for i in np.flatnonzero(same).tolist()]
+        changed = [names[i] for i in np.flatnonzero(found & ~same).tolist()]
         new: list[str] = []
-        changed: list[str] = []
-        unchanged: list[str] = []
         skipped_unchanged: list[str] = []
-        for path, (size, mtime) in files.items():
-            stamp = (int(size), int(mtime))
-            record = snap.skipped.get(path)
-            if path in stored:
-                (unchanged if stored[path] == stamp else changed).append(path)
-            elif record is not None and (record.size, record.mtime_ns) == stamp:
-                skipped_unchanged.append(path)
+        for i in np.flatnonzero(~found).tolist():
+            record = snap.skipped.get(names[i])
+            stamp = (int(scan[i, 0]), int(scan[i, 1]))
+            if record is not None and (record.size, record.mtime_ns) == stamp:
+                skipped_unchanged.append(names[i])
             else:
-                new.append(path)
+                new.append(names[i])
         removed = {path for path in snap.skipped if path not in files}
-        if len(stored) < snap.num_images:  # some stored images were not found: decode only those
+        if int(found.sum()) < snap.num_images:  # some stored images were not found: decode only those
             present = np.zeros(snap.num_images, bool)
-            present[rows[rows >= 0]] = True
+            present[rows[found]] = True
             removed.update(self._paths_of_rows(np.flatnonzero(~present)))
         return StoreDiff(new=sorted(new), changed=sorted(changed), removed=sorted(removed),
                          unchanged=sorted(unchanged), skipped_unchanged=sorted(skipped_unchanged))
