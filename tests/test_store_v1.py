@@ -157,3 +157,20 @@ def test_abspath_rechecks_stored_paths(v1, tmp_path):
         with pytest.raises(InvalidInputError, match="not a plain path inside its image root"):
             store.abspath(0)
         assert store.abspath(1) == root / "photo_01.jpg"
+
+
+def test_clipwidgets_index_upgrades_a_v1_store(v1, tmp_path, capsys):
+    from clipwidgets.synthetic import make_photo
+
+    root = tmp_path / "images"
+    root.mkdir()
+    make_photo(1).save(root / "new.jpg")
+    with h5py.File(v1, "a") as f:
+        f.attrs["image_root"] = str(root)
+    raw = raw_v1(v1)
+    assert main(["index", str(root), "--store", str(v1), "--model", "tiny", "--workers", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["indexed"] == 1
+    store = EmbeddingStore.open(v1)
+    assert store.format_version == 2 and store.image_paths() == [*PATHS, "new.jpg"]
+    assert np.array_equal(store.image_embeddings()[:6], raw["vectors"])
+    assert store.captions(5) == ["a blue photo"]
