@@ -203,3 +203,17 @@ def test_a_reader_racing_a_merge_reads_the_new_manifest(store, monkeypatch):
     monkeypatch.setattr(manifest, "map_segment", racing)
     reader = EmbeddingStore.open(store.path)
     assert raced and reader.image_paths() == ["a.jpg", "b.jpg"] and len(reader.vector_blocks()) == 1
+
+
+def test_a_lost_text_file_is_named_and_dropped_on_request(store, capsys):
+    add(store, ["a.jpg"])
+    store.add_texts(["of a"], unit_rows(1), image_index=[0])
+    store.close()
+    texts_file = next(segments_folder(store.path).glob("texts-*.h5"))
+    texts_file.unlink()
+    with pytest.raises(StoreError, match=rf"Text file .*{texts_file.name} is missing or unreadable"):
+        EmbeddingStore.open(store.path)
+    assert main(["compact", "--store", str(store.path), "--drop-missing"]) == 0
+    assert texts_file.name in capsys.readouterr().out
+    reader = EmbeddingStore.open(store.path)
+    assert reader.image_paths() == ["a.jpg"] and reader.texts() == []
