@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, fmt, format_table, machine_info, print_table, write_json
 
-BENCHMARKS = ("model", "indexing", "search", "store", "panel", "memory", "feedback", "explore")
+BENCHMARKS = ("model", "indexing", "search", "store", "scale", "panel", "memory", "feedback", "explore")
 TIMEOUT_S = {True: 240, False: 3600}  # per benchmark, by quick
 
 
@@ -62,6 +62,15 @@ TARGETS = (
            30, False, "ms"),
     Target("store", "EmbeddingStore.open / np.load, 1M x 512 float16", "ratio_open_vs_npload",
            2.0, False, "x"),
+    Target("scale", "commit of 32 rows into 10M x 512 (median)", "commit_32_median_ms", 50, False, "ms"),
+    Target("scale", "commit of 32 rows, 10M / 10k (medians)", "commit_ratio_big_vs_10k", 2, False, "x"),
+    Target("scale", "writer peak RSS appending to 10M rows", "writer_peak_rss_mb", 1 * GB, False, "MiB"),
+    Target("scale", "open a 10M-row store in a fresh process", "open_s", 0.5, False, "s"),
+    Target("scale", "RSS after open, 10M rows", "open_rss_mb", 0.3 * GB, False, "MiB"),
+    Target("scale", "SIGKILLs during commits, whole-commit prefix kept", "kills_commit_ok", 25, True,
+           "kills"),
+    Target("scale", "SIGKILLs during compaction, whole-commit prefix kept", "kills_compact_ok", 25, True,
+           "kills"),
     Target("panel", "page of 24, warm thumbnails, ipykernel", "kernel_warm_ms", 100, False, "ms"),
     Target("memory", "search notebook kernel, peak RSS, fp32", "fp32_rss_mb", 1.5 * GB, False, "MiB"),
     Target("memory", "search notebook kernel, peak RSS, bf16", "bf16_rss_mb", 1.5 * GB, False, "MiB"),

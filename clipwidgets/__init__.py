@@ -18,7 +18,7 @@ _EXPORTS = {
     "EmbeddingStore": "store",
     "SkippedFile": "store",
     "StoreDiff": "store",
-    "import_npy": "store",
+    "import_npy": "npy_import",
     "index_images": "indexing",
     "IndexReport": "indexing",
     "load_image": "images",

@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(run=_run_info)
 
+    compact = sub.add_parser("compact", help="merge a store's segments now (crash-safe)",
+                             description="Merge the segment files of STORE.h5 by the tiered policy "
+                             "(or all into one with --full) and drop its tombstones, in one atomic commit.")
+    compact.add_argument("--store", required=True, metavar="STORE.h5")
+    compact.add_argument("--full", action="store_true", help="merge every segment into one")
+    compact.add_argument("--drop-missing", action="store_true",
+                         help="recovery: leave out segment files that are missing or truncated, with "
+                         "their images and those images' captions (listed in the output)")
+    compact.add_argument("--json", action="store_true")
+    compact.set_defaults(run=_run_compact)
+
     import_npy = sub.add_parser("import-npy", help="build a store from the prototype's .npy files")
     import_npy.add_argument("images_dir", metavar="IMAGES_DIR")
     import_npy.add_argument("--embeddings", required=True, help="image_embeddings.npy")
@@ -132,6 +143,27 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_compact(args: argparse.Namespace) -> int:
+    from .store import EmbeddingStore
+
+    with EmbeddingStore.open(args.store, "a", drop_missing=args.drop_missing) as store:
+        before = store.info()
+        dropped = list(store.dropped)
+        store.compact(full=args.full)
+        after = store.info()
+    summary = {"store": after["path"], "images": after["images"], "texts": after["texts"],
+               "files_dropped": dropped, "segments_before": before["segments"],
+               "segments_after": after["segments"], "tombstones_before": before["tombstones"]}
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"{summary['store']}: {summary['segments_before']} segments -> {summary['segments_after']}, "
+          f"{summary['tombstones_before']:,} tombstones dropped; {summary['images']:,} images.")
+    for name in dropped:
+        print(f"  dropped missing or damaged file {name}")
+    return 0
+
+
 def _run_index(args: argparse.Namespace) -> int:
     from .indexing import index_images
 
@@ -161,7 +193,8 @@ def _run_index(args: argparse.Namespace) -> int:
 
 
 def _run_import_npy(args: argparse.Namespace) -> int:
-    from .store import import_npy, read_captions
+    from .captions import read_captions
+    from .npy_import import import_npy
 
     if (args.text_embeddings is None) != (args.captions is None):
         raise InvalidInputError("--text-embeddings and --captions go together: give both or neither.")

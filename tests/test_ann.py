@@ -41,6 +41,7 @@ def test_approximate_index_finds_the_exact_top_10(ann_store, tmp_path, kind):
     path = ann_store
     if kind != "hnsw":
         path = Path(shutil.copy(ann_store, tmp_path / "ivf.h5"))
+        shutil.copytree(ann_store.with_name("ann.h5.d"), tmp_path / "ivf.h5.d")  # a store's segments
         with EmbeddingStore.open(path) as store:
             build_ann_index(store, kind=kind)
     queries = clustered(np.random.default_rng(1), 20)

@@ -10,7 +10,6 @@ import h5py
 import numpy as np
 import pytest
 
-from clipwidgets import store as store_module
 from clipwidgets.cli import main
 from clipwidgets.errors import InvalidInputError, ModelMismatchError, StoreError
 from clipwidgets.store import (
@@ -19,10 +18,9 @@ from clipwidgets.store import (
     EmbeddingStore,
     SkippedFile,
     StoreDiff,
-    import_npy,
-    read_captions,
     read_model_meta,
 )
+from clipwidgets.store import files as files_module
 
 DIM = 16
 META = {"name": "tiny", "pretrained": "random-seed-0", "embed_dim": DIM,
@@ -59,41 +57,39 @@ def file_bytes(path) -> bytes:
     return open(path, "rb").read()
 
 
+def leftovers(store: EmbeddingStore) -> list[str]:
+    """Temp files, and segment files the manifest does not list."""
+    with h5py.File(store.path, "r") as f:
+        listed = set(f["segments/name"].asstr()[()].tolist())
+    folder = store.path.with_name(store.path.name + ".d")
+    temps = [p.name for p in store.path.parent.iterdir() if ".tmp-" in p.name]
+    return sorted(temps + [p.name for p in folder.iterdir()
+                           if p.name.startswith((".", "seg-")) and p.name not in listed])
+
+
 # ----- schema -----
 
-def test_schema_is_readable_with_plain_h5py(store, root):
+def test_manifest_attributes_and_segment_files(store, root):
     add(store, ["a.jpg", "sub/b.jpg"])
     store.add_texts(["a red car"], unit_rows(1, 7), image_index=[0], sources=["flickr8k#0"])
-    store.add_skipped([SkippedFile("bad.jpg", "truncated JPEG", 12, 34)])
-    store.set_subset("test", ["sub/b.jpg"])
     with h5py.File(store.path, "r") as f:
         attrs = dict(f.attrs)
-        assert attrs["format_name"] == FORMAT_NAME and attrs["format_version"] == FORMAT_VERSION
+        assert attrs["format_name"] == FORMAT_NAME and attrs["format_version"] == FORMAT_VERSION == 2
         assert attrs["model_name"] == "tiny" and attrs["model_pretrained"] == "random-seed-0"
         assert attrs["embed_dim"] == DIM and bool(attrs["normalized"]) is True
         assert json.loads(attrs["model_meta"]) == META
         assert attrs["image_root"] == str(root) and attrs["image_root_relative"] == "images"
         assert attrs["dtype"] == "float16" and attrs["clipwidgets_version"]
-        assert attrs["created"] <= attrs["updated"]
-        expected = {
-            "images/embeddings": (np.float16, (2, DIM)), "images/size": (np.int64, (2,)),
-            "images/mtime_ns": (np.int64, (2,)), "images/width": (np.int32, (2,)),
-            "images/height": (np.int32, (2,)), "texts/embeddings": (np.float16, (1, DIM)),
-            "texts/image_index": (np.int64, (1,)), "skipped/size": (np.int64, (1,)),
-            "skipped/mtime_ns": (np.int64, (1,)),
-        }
-        for name, (dtype, shape) in expected.items():
-            assert f[name].dtype == dtype and f[name].shape == shape, name
-        for name in ("images/paths", "texts/text", "texts/source", "skipped/path", "skipped/reason",
-                     "subsets/test"):
-            assert h5py.check_string_dtype(f[name].dtype).encoding == "utf-8", name
-        datasets = []
-        f.visititems(lambda name, item: datasets.append(item) if isinstance(item, h5py.Dataset) else None)
-        assert len(datasets) == 15 and all(d.chunks is None and d.compression is None for d in datasets)
-        assert f["images/paths"].asstr()[()].tolist() == ["a.jpg", "sub/b.jpg"]
-        assert f["texts/text"].asstr()[0] == "a red car" and f["texts/source"].asstr()[0] == "flickr8k#0"
-        assert f["skipped/reason"].asstr()[0] == "truncated JPEG"
-        assert f["subsets/test"].asstr()[()].tolist() == ["sub/b.jpg"]
+        assert attrs["created"] <= attrs["updated"] and attrs["segments_folder"] == "photos.h5.d"
+        assert f["images/embeddings"].is_virtual and f["images/embeddings"].dtype == np.float16
+        names = f["segments/name"].asstr()[()].tolist()
+    folder = store.path.with_name("photos.h5.d")
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("seg-")) == sorted(names)
+    for name in names:  # segments: contiguous, uncompressed datasets (memory-mappable)
+        with h5py.File(folder / name, "r") as f:
+            datasets = [f[key] for key in ("images/embeddings", "images/id", "images/path_bytes",
+                                           "images/path_offsets", "index/hash_sorted", "index/hash_order")]
+            assert all(d.chunks is None and d.compression is None for d in datasets)
 
 
 def test_float32_option_and_unknown_dtype(tmp_path, root):
@@ -194,7 +190,10 @@ def test_info_summary(store):
     assert info["images"] == 2 and info["texts"] == 0 and info["skipped"] == 0
     assert info["model"] == "tiny/random-seed-0" and info["dim"] == DIM and info["dtype"] == "float16"
     assert info["format_name"] == FORMAT_NAME and info["format_version"] == FORMAT_VERSION
-    assert info["size_bytes"] == store.path.stat().st_size
+    folder = store.path.with_name("photos.h5.d")
+    assert info["segments"] == 1 and info["segments_folder"] == str(folder)
+    assert info["size_bytes"] == store.path.stat().st_size + sum(
+        p.stat().st_size for p in folder.iterdir() if p.name.startswith("seg-"))
     json.dumps(info)
 
 
@@ -226,9 +225,9 @@ def test_store_and_images_moved_together(tmp_path, root):
     with EmbeddingStore.create(tmp_path / "s.h5", META, root) as store:
         add(store, ["a.jpg"])
     moved = tmp_path / "moved"
-    tmp_path.joinpath("s.h5").rename(tmp_path / "s2.h5")
     moved.mkdir()
-    (tmp_path / "s2.h5").rename(moved / "s.h5")
+    (tmp_path / "s.h5").rename(moved / "s.h5")
+    (tmp_path / "s.h5.d").rename(moved / "s.h5.d")  # a store is its file and its segment folder
     root.rename(moved / "images")
     assert EmbeddingStore.open(moved / "s.h5").abspath(0) == moved / "images" / "a.jpg"
 
@@ -330,7 +329,7 @@ def test_not_a_store_random_bytes_truncated_and_newer_files(tmp_path, store):
     with h5py.File(newer, "a") as f:
         f.attrs["format_version"] = FORMAT_VERSION + 1
     cases = [(foreign, "not a clipwidgets store"), (garbage, "not a readable HDF5 file"),
-             (truncated, "truncated, corrupt"), (newer, "format version 2, newer")]
+             (truncated, "truncated, corrupt"), (newer, f"format version {FORMAT_VERSION + 1}, newer")]
     for path, problem in cases:
         before = file_bytes(path)
         for mode in ("r", "a"):
@@ -358,24 +357,32 @@ def test_store_truncated_anywhere_is_refused(tmp_path, store):
             EmbeddingStore.open(cut_file)
 
 
+def copy_store(store: EmbeddingStore, target) -> None:
+    """Copy a store's manifest and segment folder (as a user moving a store would)."""
+    import shutil
+
+    shutil.copy(store.path, target)
+    shutil.copytree(store.path.with_name(store.path.name + ".d"), target.with_name(target.name + ".d"))
+
+
 def test_damaged_store_is_refused(tmp_path, store):
     add(store, ["a.jpg", "b.jpg"])
+    store.add_texts(["t"], unit_rows(1), image_index=[1])
     damaged = tmp_path / "damaged.h5"
-    damaged.write_bytes(file_bytes(store.path))
+    copy_store(store, damaged)
     with h5py.File(damaged, "a") as f:
-        del f["images/width"]
-        f["images/width"] = np.zeros(5, np.int32)
-    with pytest.raises(StoreError, match="damaged.h5 is damaged: image columns"):
+        f["segments/rows"][0] = 5
+    with pytest.raises(StoreError, match=r"damaged.h5.d/seg-.*not the segment the manifest lists"):
         EmbeddingStore.open(damaged)
     dangling = tmp_path / "dangling.h5"
-    store.add_texts(["t"], unit_rows(1), image_index=[1])
-    dangling.write_bytes(file_bytes(store.path))
-    with h5py.File(dangling, "a") as f:
-        f["texts/image_index"][0] = 7
+    copy_store(store, dangling)
+    texts_file = next((tmp_path / "dangling.h5.d").glob("texts-*.h5"))
+    with h5py.File(texts_file, "a") as f:
+        f["texts/image_id"][0] = 7
     with pytest.raises(StoreError, match="dangling.h5 is damaged: texts linked to images that do not exist"):
         EmbeddingStore.open(dangling, "a")
     with h5py.File(damaged, "a") as f:
-        del f["texts"]
+        del f["skipped"]
     with pytest.raises(StoreError, match="damaged.*KeyError"):
         EmbeddingStore.open(damaged)
 
@@ -385,7 +392,7 @@ def test_failed_commit_keeps_the_previous_file(store, monkeypatch, failure):
     add(store, ["a.jpg"])
     before = file_bytes(store.path)
 
-    def disk_full_while_writing(path, *args):
+    def disk_full_while_writing(path, *args, **kwargs):
         path.write_bytes(b"half a file")
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -393,13 +400,13 @@ def test_failed_commit_keeps_the_previous_file(store, monkeypatch, failure):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     if failure == "write":
-        monkeypatch.setattr(store_module, "_write", disk_full_while_writing)
+        monkeypatch.setattr(files_module, "write_segment", disk_full_while_writing)
     else:
         monkeypatch.setattr(os, "replace", disk_full)
     with pytest.raises(StoreError, match=r"photos.h5: the disk is full.*\(1 images\)"):
         add(store, ["b.jpg"])
     assert file_bytes(store.path) == before and store.image_paths() == ["a.jpg"]
-    assert [p.name for p in store.path.parent.iterdir() if ".tmp-" in p.name] == []
+    assert leftovers(store) == []
     monkeypatch.undo()
     add(store, ["c.jpg"])  # the writer is still usable after the failure
     assert EmbeddingStore.open(store.path).image_paths() == ["a.jpg", "c.jpg"]
@@ -413,11 +420,11 @@ def test_interrupted_commit_leaves_no_temp_file(store, monkeypatch):
         path.write_bytes(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store_module, "_write", interrupted)
+    monkeypatch.setattr(files_module, "write_manifest", interrupted)
     with pytest.raises(KeyboardInterrupt):
         add(store, ["b.jpg"])
     assert file_bytes(store.path) == before and store.image_paths() == ["a.jpg"]
-    assert [p.name for p in store.path.parent.iterdir() if ".tmp-" in p.name] == []
+    assert leftovers(store) == []
 
 
 def test_unwritable_location_is_refused(tmp_path, root):
@@ -456,56 +463,6 @@ def test_create_refuses_existing_path_and_writer_removes_stale_temp_files(store)
     assert not killed_create.exists()
 
 
-# ----- npy import -----
-
-def seed_folder(tmp_path, count: int):
-    from clipwidgets.synthetic import make_photos
-
-    folder = tmp_path / "seed_images"
-    make_photos(folder, count, size=(80, 60))
-    (folder / "readme.txt").write_text("not an image")
-    return folder
-
-
-def test_import_npy_normalises_and_links_captions(tmp_path):
-    folder = seed_folder(tmp_path, 3)
-    raw = np.random.default_rng(0).normal(size=(3, DIM)).astype(np.float32) * 7
-    np.save(tmp_path / "image_embeddings.npy", raw)
-    np.save(tmp_path / "text_embeddings.npy", raw[[0, 2]] * 3)
-    names = sorted(p.name for p in folder.glob("*.jpg"))
-    with import_npy(tmp_path / "s.h5", tmp_path / "image_embeddings.npy", folder, model_meta=META,
-                    text_embeddings_npy=tmp_path / "text_embeddings.npy", texts=["first", "third"],
-                    text_image_paths=[names[0], names[2]]) as store:
-        pass
-    reader = EmbeddingStore.open(tmp_path / "s.h5")
-    assert reader.image_paths() == names
-    expected = raw / np.linalg.norm(raw, axis=1, keepdims=True)
-    np.testing.assert_allclose(reader.image_embeddings(), expected, atol=1e-3)
-    assert reader.captions(2) == ["third"] and reader.text_image_index().tolist() == [0, 2]
-    assert reader.image_meta()["width"].tolist() == [80] * 3
-    assert reader.image_meta()["size"].tolist() == [(folder / n).stat().st_size for n in names]
-    assert store.diff(folder).unchanged == names
-
-
-def test_import_npy_refuses_mismatched_counts(tmp_path):
-    folder = seed_folder(tmp_path, 3)
-    np.save(tmp_path / "img.npy", unit_rows(4))
-    with pytest.raises(InvalidInputError, match=r"img.npy has 4 rows but .*seed_images has 3 images"):
-        import_npy(tmp_path / "s.h5", tmp_path / "img.npy", folder, model_meta=META)
-    with pytest.raises(InvalidInputError, match=r"img.npy has 4 rows but 2 image paths were given"):
-        import_npy(tmp_path / "s.h5", tmp_path / "img.npy", folder, model_meta=META,
-                   image_paths=["photo_00000.jpg", "photo_00001.jpg"])
-    np.save(tmp_path / "img.npy", unit_rows(3))
-    np.save(tmp_path / "txt.npy", unit_rows(5))
-    with pytest.raises(InvalidInputError, match="txt.npy has 5 rows but 2 texts"):
-        import_npy(tmp_path / "s.h5", tmp_path / "img.npy", folder, model_meta=META,
-                   text_embeddings_npy=tmp_path / "txt.npy", texts=["a", "b"])
-    np.save(tmp_path / "wide.npy", unit_rows(3, dim=32))
-    with pytest.raises(ModelMismatchError, match="32-d"):
-        import_npy(tmp_path / "s.h5", tmp_path / "wide.npy", folder, model_meta=META)
-    assert not (tmp_path / "s.h5").exists()
-
-
 # ----- CLI -----
 
 def test_cli_info_json_and_text(store, capsys):
@@ -523,34 +480,3 @@ def test_cli_info_on_a_foreign_file(tmp_path, capsys):
     (tmp_path / "x.h5").write_bytes(b"hello")
     assert main(["info", "--store", str(tmp_path / "x.h5")]) == 2
     assert "x.h5 is not a readable HDF5 file" in capsys.readouterr().err
-
-
-def test_cli_import_npy(tmp_path, tiny_encoder, capsys):
-    folder = seed_folder(tmp_path, 4)
-    names = sorted(p.name for p in folder.glob("*.jpg"))
-    np.save(tmp_path / "image_embeddings.npy", unit_rows(4, dim=tiny_encoder.dim) * 3)
-    np.save(tmp_path / "text_embeddings.npy", unit_rows(3, 1, dim=tiny_encoder.dim))
-    (tmp_path / "captions.txt").write_text(
-        f'image,caption\n{names[0]},a dog, running\n{names[0]},"a brown dog"\n{names[3]},a cat\n')
-    out = tmp_path / "store" / "seed.h5"
-    argv = ["import-npy", str(folder), "--embeddings", str(tmp_path / "image_embeddings.npy"),
-            "--text-embeddings", str(tmp_path / "text_embeddings.npy"),
-            "--captions", str(tmp_path / "captions.txt"), "--store", str(out), "--model", "tiny"]
-    assert main(argv) == 0
-    assert "4 images" in capsys.readouterr().out
-    reader = EmbeddingStore.open(out)
-    assert reader.model_meta == tiny_encoder.meta and reader.num_images == 4
-    assert reader.captions(0) == ["a dog, running", "a brown dog"] and reader.captions(3) == ["a cat"]
-    assert reader.text_sources() == ["captions#0", "captions#1", "captions#0"]
-    (tmp_path / "tokens.txt").write_text(f"{names[1]}#0\ta bird .\n{names[1]}#1\tbird on a wire\n")
-    assert read_captions(tmp_path / "tokens.txt") == (
-        ["a bird .", "bird on a wire"], [names[1]] * 2, ["tokens#0", "tokens#1"])
-    assert main(argv) == 2  # never overwrites
-    assert "already exists" in capsys.readouterr().err
-    (tmp_path / "plain.txt").write_text("one\ntwo\n")
-    argv[argv.index("--captions") + 1] = str(tmp_path / "plain.txt")
-    argv[argv.index("--store") + 1] = str(tmp_path / "other.h5")
-    assert main(argv) == 2
-    assert "3 rows but 2 texts" in capsys.readouterr().err
-    assert not (tmp_path / "other.h5").exists()
-    assert sorted(os.listdir(out.parent)) == ["seed.h5", "seed.h5.lock"]

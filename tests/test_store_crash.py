@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from clipwidgets.store import EmbeddingStore
@@ -33,11 +34,11 @@ WRITER = textwrap.dedent(f"""
         v = np.sin(np.arange({DIM})[None, :] * (i + 1) * 0.37 + i)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
-    path, root, batches, stepwise = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "step"
+    path, root, batches, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     store = EmbeddingStore.open_or_create(path, {META!r}, root)
     print("ready", store.num_images, flush=True)
     for _ in range(batches):
-        if stepwise:
+        if mode == "step":
             sys.stdin.readline()  # the test says when to write the next batch
         n = store.num_images
         with store.batch():
@@ -46,6 +47,9 @@ WRITER = textwrap.dedent(f"""
                              widths=[64] * {BATCH}, heights=[48] * {BATCH})
             store.add_texts([f"caption of {{n}}"], rows(n, n + 1), image_index=[n])
         print(store.num_images, flush=True)
+        if mode == "compact":  # merge every segment into one: the longest commit there is
+            store.compact(full=True)
+            print(store.num_images, flush=True)
 """)
 
 
@@ -55,10 +59,9 @@ def expected_rows(count: int) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16)
 
 
-def start_writer(store_path: Path, root: Path, batches: int, *, stepwise: bool = False) -> subprocess.Popen:
+def start_writer(store_path: Path, root: Path, batches: int, *, mode: str = "run") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    argv = [sys.executable, "-c", WRITER, str(store_path), str(root), str(batches),
-            "step" if stepwise else "run"]
+    argv = [sys.executable, "-c", WRITER, str(store_path), str(root), str(batches), mode]
     process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env)
     first = process.stdout.readline()
@@ -80,14 +83,13 @@ def assert_consistent(store: EmbeddingStore) -> int:
     return count
 
 
-def test_sigkill_at_random_moments_never_loses_or_tears_a_commit(tmp_path):
-    """25 writers, each killed after a random number of commits plus a random delay (mid-write mostly)."""
-    store_path, root = tmp_path / "crash.h5", tmp_path / "images"
-    root.mkdir()
-    rng = random.Random(20261126)
+def kill_writers_at_random(store_path: Path, root: Path, kills: int, *, mode: str, seed: int) -> int:
+    """Start and SIGKILL `kills` writers, each after a random number of commits plus a random delay;
+    after each, the store must hold a whole-commit prefix. Returns the final image count."""
+    rng = random.Random(seed)
     reported = 0
-    for _ in range(25):
-        writer = start_writer(store_path, root, batches=10_000)
+    for _ in range(kills):
+        writer = start_writer(store_path, root, batches=10_000, mode=mode)
         for _ in range(rng.randint(0, 3)):  # wait for progress, not for a time: robust on a busy machine
             reported = int(writer.stdout.readline())
         time.sleep(rng.uniform(0.0, 0.05))
@@ -101,10 +103,36 @@ def test_sigkill_at_random_moments_never_loses_or_tears_a_commit(tmp_path):
             count = assert_consistent(reader)
         assert reported <= count <= reported + BATCH  # at most the one commit that was not yet printed
         reported = count
-    assert reported >= 25 * BATCH  # 0-3 commits per writer, 1.5 on average
+    return reported
+
+
+def assert_no_leftovers(store_path: Path) -> None:
     EmbeddingStore.open(store_path, "a").close()  # a writer removes what killed writers left
-    leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
-    assert leftovers == []
+    with h5py.File(store_path, "r") as f:
+        listed = set(f["segments/name"].asstr()[()].tolist())
+        text_file = f.get("texts", getlink=True)
+    listed.add(text_file.filename.rpartition("/")[2])
+    folder = store_path.with_name(store_path.name + ".d")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(listed)
+    assert [p.name for p in store_path.parent.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_sigkill_at_random_moments_never_loses_or_tears_a_commit(tmp_path):
+    """25 writers, each killed after a random number of commits plus a random delay (mid-write mostly)."""
+    store_path, root = tmp_path / "crash.h5", tmp_path / "images"
+    root.mkdir()
+    assert kill_writers_at_random(store_path, root, 25, mode="run", seed=20261126) >= 25 * BATCH
+    assert_no_leftovers(store_path)
+
+
+def test_sigkill_during_compaction_never_loses_or_tears_a_commit(tmp_path):
+    """10 writers that compact the whole store after every commit, killed at random moments."""
+    store_path, root = tmp_path / "compact.h5", tmp_path / "images"
+    root.mkdir()
+    assert kill_writers_at_random(store_path, root, 10, mode="compact", seed=14) >= 5 * BATCH
+    assert_no_leftovers(store_path)
+    with EmbeddingStore.open(store_path) as reader:
+        assert len(reader.vector_blocks()) <= 2  # compacted, plus at most the last commit
 
 
 def test_readers_keep_working_while_another_process_writes(tmp_path):
@@ -115,7 +143,7 @@ def test_readers_keep_working_while_another_process_writes(tmp_path):
     live = EmbeddingStore.open(store_path)
     stale_rows = stale.image_embeddings().copy()
     assert live.refresh() is False
-    writer = start_writer(store_path, root, batches=20, stepwise=True)
+    writer = start_writer(store_path, root, batches=20, mode="step")
     for step in range(2, 22):
         writer.stdin.write("go\n")
         writer.stdin.flush()
@@ -179,6 +207,6 @@ def test_a_real_failed_write_keeps_the_previous_file(tmp_path):
     assert "Could not save store" in result.stdout and "File too large" in result.stdout
     assert str(store_path) in result.stdout and f"previous state ({2 * BATCH} images)" in result.stdout
     assert store_path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    assert_no_leftovers(store_path)
     with EmbeddingStore.open(store_path) as reader:
         assert assert_consistent(reader) == 2 * BATCH

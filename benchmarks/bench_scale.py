@@ -1,0 +1,330 @@
+"""Scale: a 10M x 512 float16 store, commits that cost the batch, memory-mapped opens, SIGKILLs.
+
+    python -m benchmarks.bench_scale [--quick] [--rows N] [--kills 25]
+
+The store is generated once through the store's own writer (commits of 250k rows, then a tiered
+`compact()`) and cached as benchmarks/results/cache/scale_<rows>.h5 (+ .h5.d/, ~10 GB at 10M); later
+runs reuse it. Hook for other benchmarks: `cached_store(rows)` returns its path (exact top-10 and ANN
+at 10M are measured by bench_search over it). Measured, each in a fresh process:
+
+- commit of 32 rows into the big store and into a 10k-row one (median, p90, max; their ratio);
+- the writer's peak RSS over those commits;
+- open in a fresh process (seconds and RSS after open);
+- SIGKILL at random moments during commits and during full compactions (whole-commit prefix kept).
+
+The commits are rolled back afterwards by restoring the manifest (the commit's new segments are then
+unlisted, and the next writer deletes them), so the cache stays as generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import RESULTS_DIR, print_table, write_json
+
+DIM = 512
+META = {"name": "bench", "pretrained": "random", "embed_dim": DIM}
+CACHE_DIR = RESULTS_DIR / "cache"
+GENERATE_ROWS = 250_000  # rows per commit while generating (memory: ~1 GB of float32 at a time)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rows_between(start: int, stop: int) -> np.ndarray:
+    """Deterministic unit rows start..stop (float32); row i depends only on i."""
+    rng = np.random.default_rng(start)
+    block = rng.standard_normal((stop - start, DIM), dtype=np.float32)
+    return block / np.linalg.norm(block, axis=1, keepdims=True)
+
+
+def path_of(i: int) -> str:
+    return f"photos/{i // 10_000:05d}/img_{i:08d}.jpg"
+
+
+def cached_store(rows: int) -> Path:
+    """The path of a store of `rows` random 512-d rows (generated on first use, then reused)."""
+    from clipwidgets.store import EmbeddingStore, segments_folder
+
+    path = CACHE_DIR / f"scale_{rows}.h5"
+    done = path.with_name(path.name + ".json")
+    if path.exists() and done.exists():
+        return path
+    path.unlink(missing_ok=True)
+    shutil.rmtree(segments_folder(path), ignore_errors=True)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with EmbeddingStore.create(path, META, CACHE_DIR / "scale_images") as store:
+        for start in range(0, rows, GENERATE_ROWS):
+            stop = min(rows, start + GENERATE_ROWS)
+            count = stop - start
+            store.add_images([path_of(i) for i in range(start, stop)], rows_between(start, stop),
+                             sizes=np.full(count, 50_000), mtimes_ns=np.arange(start, stop),
+                             widths=np.full(count, 500), heights=np.full(count, 375))
+        generated = time.perf_counter() - started
+        store.compact()
+        info = store.info()
+    done.write_text(json.dumps({"rows": rows, "generate_s": generated,
+                                "compact_s": time.perf_counter() - started - generated,
+                                "segments": info["segments"], "bytes": info["size_bytes"]}))
+    return path
+
+
+def _child(code: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
+    """Run `code` in a fresh interpreter; it prints one JSON line last."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                            timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"child failed ({result.returncode}): {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+COMMITS = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    from clipwidgets.store import EmbeddingStore
+    from benchmarks.bench_scale import rows_between, path_of
+
+    def rss_mb():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+
+    path, commits = sys.argv[1], int(sys.argv[2])
+    store = EmbeddingStore.open(path, "a")
+    rss_open = rss_mb()
+    first = 10**9
+    times, cpu = [], []
+    for c in range(commits):
+        start = first + 32 * c
+        started, cpu_started = time.perf_counter(), time.process_time()
+        store.add_images([path_of(i) for i in range(start, start + 32)], rows_between(start, start + 32),
+                         sizes=[1] * 32, mtimes_ns=[1] * 32, widths=[1] * 32, heights=[1] * 32)
+        times.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - cpu_started)
+    segments = store.info()["segments"]
+    store.close()
+    peak = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    print(json.dumps({"times": times, "cpu": cpu, "rss_after_open_mb": rss_open, "peak_rss_mb": peak,
+                      "segments_after": segments}))
+""")
+
+OPEN = textwrap.dedent("""
+    import json, sys, time
+    started = time.perf_counter()
+    from clipwidgets.store import EmbeddingStore
+    imported = time.perf_counter()
+    store = EmbeddingStore.open(sys.argv[1])
+    opened = time.perf_counter()
+    count, path = store.num_images, store.image_path(store.num_images - 1)
+    rss = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmRSS"))
+    print(json.dumps({"import_s": imported - started, "open_s": opened - imported, "rss_mb": rss,
+                      "images": count, "segments": len(store.vector_blocks()), "last": path}))
+""")
+
+
+def commit_figures(path: Path, commits: int) -> dict[str, Any]:
+    """Time `commits` 32-row commits into the store at `path` in a fresh writer, then roll them back."""
+    backup = path.with_name(path.name + ".bench-backup")
+    shutil.copy2(path, backup)
+    try:
+        result = _child(COMMITS, str(path), str(commits))
+    finally:
+        os.replace(backup, path)  # the manifest as before: the commits' segments are unlisted now
+    from clipwidgets.store import EmbeddingStore
+
+    EmbeddingStore.open(path, "a").close()  # a writer deletes the unlisted segments
+    times = np.array(result["times"])
+    return {"median_s": float(np.median(times)), "p90_s": float(np.percentile(times, 90)),
+            "cpu_median_s": float(np.median(result["cpu"])),
+            "max_s": float(times.max()), "peak_rss_mb": result["peak_rss_mb"],
+            "rss_after_open_mb": result["rss_after_open_mb"], "segments_after": result["segments_after"]}
+
+
+def open_figures(path: Path, repeats: int) -> dict[str, Any]:
+    runs = [_child(OPEN, str(path)) for _ in range(repeats)]
+    best = sorted(runs, key=lambda r: r["open_s"])[len(runs) // 2]
+    return {**best, "open_s_all": [r["open_s"] for r in runs]}
+
+
+KILLED = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from clipwidgets.store import EmbeddingStore
+    from benchmarks.bench_scale import META, rows_between, path_of
+
+    path, root, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    store = EmbeddingStore.open_or_create(path, META, root)
+    print(store.num_images, flush=True)
+    while True:
+        n = store.num_images
+        store.add_images([path_of(i) for i in range(n, n + 32)], rows_between(n, n + 32),
+                         sizes=[1] * 32, mtimes_ns=[1] * 32, widths=[1] * 32, heights=[1] * 32)
+        print(store.num_images, flush=True)
+        if mode == "compact":
+            store.compact(full=True)
+            print(store.num_images, flush=True)
+""")
+
+
+def _check_prefix(path: Path, seed_rows: int) -> int:
+    """The store holds the seed rows plus whole 32-row commits, each exactly as the writer made it."""
+    from clipwidgets.store import EmbeddingStore
+
+    with EmbeddingStore.open(path) as store:
+        n = store.num_images
+        if n < seed_rows or (n - seed_rows) % 32 or store.image_path(n - 1) != path_of(n - 1):
+            raise RuntimeError(f"torn commit: the store holds {n} rows")
+        vectors = store.image_embeddings()
+        for start in range(seed_rows, n, 32):
+            expected = rows_between(start, start + 32).astype(np.float16)
+            if not np.array_equal(vectors[start:start + 32], expected):
+                raise RuntimeError(f"rows {start}..{start + 32} differ from what was committed")
+    return n
+
+
+def kill_figures(rows: int, kills: int, mode: str, *, seed: int) -> dict[str, Any]:
+    """SIGKILL `kills` writers at random moments (commits, or full compactions after each commit)."""
+    from clipwidgets.store import EmbeddingStore
+
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory(prefix="bench_scale_kill_", dir=CACHE_DIR) as tmp:
+        path, root = Path(tmp) / "killed.h5", Path(tmp) / "images"
+        with EmbeddingStore.create(path, META, root) as store:
+            for start in range(0, rows, 32 * 1024):
+                stop = min(rows, start + 32 * 1024)
+                store.add_images([path_of(i) for i in range(start, stop)], rows_between(start, stop),
+                                 sizes=[1] * (stop - start), mtimes_ns=[1] * (stop - start),
+                                 widths=[1] * (stop - start), heights=[1] * (stop - start))
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        reported = rows
+        for _ in range(kills):
+            writer = subprocess.Popen([sys.executable, "-c", KILLED, str(path), str(root), mode],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+            writer.stdout.readline()
+            time.sleep(rng.uniform(0.0, 1.0 if mode == "compact" else 0.3))
+            writer.send_signal(signal.SIGKILL)
+            output = writer.stdout.read()
+            writer.wait()
+            writer.stdout.close()
+            reported = max([reported, *(int(line) for line in output.split())])
+            count = _check_prefix(path, rows)
+            if not reported <= count <= reported + 32:
+                raise RuntimeError(f"lost commits: reported {reported}, store holds {count}")
+            reported = count
+        EmbeddingStore.open(path, "a").close()
+        return {"kills": kills, "rows_at_end": reported, "prefix_ok": True}
+
+
+def vds_figures(path: Path, rows: int) -> dict[str, Any]:
+    """Why virtual datasets: the manifest's write time by segment count (the store's first segment
+    listed 10, 40 and 160 times), and reading the first `rows` rows through the virtual dataset
+    against copying them from the memory maps."""
+    import dataclasses
+
+    import h5py
+
+    from clipwidgets.store import EmbeddingStore
+    from clipwidgets.store.manifest import write_manifest
+
+    store = EmbeddingStore.open(path)
+    snap = store._view
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_scale_vds_") as tmp:
+        for count in (10, 40, 160):
+            segments = tuple(dataclasses.replace(snap.segments[0], name=f"seg-{i:016x}-00000000.h5")
+                             for i in range(count))
+            listed = snap.edited(segments=segments, dead=np.zeros(0, np.int64))
+            times = []
+            for _ in range(5):
+                started = time.perf_counter()
+                write_manifest(Path(tmp) / "manifest.h5", store.path, store._attrs, listed)
+                times.append(time.perf_counter() - started)
+            figures[f"manifest_write_ms_{count}_segments"] = 1000 * float(np.median(times))
+    with h5py.File(path, "r") as f:
+        started = time.perf_counter()
+        dataset = f["images/embeddings"]
+        figures["h5py_open_virtual_ms"] = 1000 * (time.perf_counter() - started)
+        for label in ("first", "second"):
+            started = time.perf_counter()
+            through_vds = dataset[:rows]
+            figures[f"virtual_read_s_{label}"] = time.perf_counter() - started
+    started = time.perf_counter()
+    parts, left = [], rows
+    for block in store.vector_blocks():
+        take = min(left, len(block.vectors))
+        parts.append(np.array(block.vectors[:take]))
+        left -= take
+        if not left:
+            break
+    mapped = np.concatenate(parts)
+    figures["memmap_copy_s"] = time.perf_counter() - started
+    if not np.array_equal(mapped, through_vds):
+        raise RuntimeError("the virtual dataset and the memory maps disagree")
+    return figures
+
+
+def run(quick: bool, rows: int | None = None, kills: int | None = None) -> dict[str, Any]:
+    """Scale figures for `rows` (quick: 100k, else 10M) against a 10k-row store."""
+    rows = rows or (100_000 if quick else 10_000_000)
+    kills = kills if kills is not None else (5 if quick else 25)
+    commits = 60 if quick else 300
+    figures: dict[str, Any] = {"rows": rows, "dim": DIM}
+    big, small = cached_store(rows), cached_store(10_000)
+    figures["generation"] = json.loads(big.with_name(big.name + ".json").read_text())
+    for label, path in (("big", big), ("10k", small)):
+        figures[f"commit_{label}"] = commit_figures(path, commits)
+    figures["commit_32_median_ms"] = figures["commit_big"]["median_s"] * 1000
+    figures["commit_ratio_big_vs_10k"] = figures["commit_big"]["median_s"] / figures["commit_10k"]["median_s"]
+    figures["writer_peak_rss_mb"] = figures["commit_big"]["peak_rss_mb"]
+    figures["open"] = open_figures(big, 3)
+    figures["open_s"], figures["open_rss_mb"] = figures["open"]["open_s"], figures["open"]["rss_mb"]
+    figures["vds"] = vds_figures(big, min(rows, 1_000_000))
+    kill_rows = 20_000 if quick else 200_000
+    figures["kills_commit"] = kill_figures(kill_rows, kills, "run", seed=1)
+    figures["kills_compact"] = kill_figures(kill_rows, kills, "compact", seed=2)
+    figures["kills_commit_ok"] = figures["kills_commit"]["kills"]  # kill_figures raises on a torn store
+    figures["kills_compact_ok"] = figures["kills_compact"]["kills"]
+    big_commit, small_commit = figures["commit_big"], figures["commit_10k"]
+    def ms(commit: dict[str, Any]) -> str:
+        return f"{commit['median_s'] * 1e3:.1f} / {commit['p90_s'] * 1e3:.1f} / {commit['max_s'] * 1e3:.0f}"
+
+    print_table(f"Scale: {rows:,} x {DIM} float16 store ({figures['generation']['segments']} segments)", [
+        ["commit of 32 rows, median / p90 / max (ms)", ms(big_commit), f"10k rows: {ms(small_commit)}"],
+        ["commit median, big / 10k", f"{figures['commit_ratio_big_vs_10k']:.2f}", "target <= 2"],
+        ["CPU time per commit, median (ms)", f"{big_commit['cpu_median_s'] * 1e3:.1f}",
+         f"10k rows: {small_commit['cpu_median_s'] * 1e3:.1f}; the rest is 4 fsyncs and waiting"],
+        ["writer peak RSS (MiB)", f"{figures['writer_peak_rss_mb']:.0f}", "target <= 1 GB"],
+        ["open in a fresh process (s)", f"{figures['open_s']:.3f}",
+         f"imports before it: {figures['open']['import_s']:.2f} s"],
+        ["RSS after open (MiB)", f"{figures['open_rss_mb']:.0f}", "target <= 300 MB"],
+        ["SIGKILL during commits / compactions", f"{kills} / {kills}", "whole-commit prefix each time"],
+    ], ["measure", "figure", "note"])
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rows", type=int, help="rows of the big store (default 10M, quick 100k)")
+    parser.add_argument("--kills", type=int, help="SIGKILLs during commits and during compactions each")
+    args = parser.parse_args(argv)
+    path = write_json(RESULTS_DIR / "scale.json", run(args.quick, args.rows, args.kills))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
