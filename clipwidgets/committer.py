@@ -8,6 +8,8 @@ import numpy as np
 
 from .store import EmbeddingStore, SkippedFile
 
+__all__ = ["COMMIT_OVERHEAD", "Committer", "MAX_PENDING"]
+
 COMMIT_OVERHEAD = 0.1  # commit when the time since the last one is >= 1/COMMIT_OVERHEAD x its duration
 MAX_PENDING = 4096  # ... or when this many files wait, whatever the overhead
 

@@ -27,6 +27,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageDecodeError
 
+__all__ = [
+    "IMAGE_EXTENSIONS", "ModelInputSpec", "SharedSlots", "decode_into_slots", "init_decode_worker",
+    "load_image", "load_model_input", "load_model_inputs", "make_thumbnail", "scan_images"
+]
+
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib",
     ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm",
@@ -316,11 +321,12 @@ def decode_into_slots(loader: Callable[[Sequence[str], ModelInputSpec], list[Any
     """`loader(paths, spec)` in a decoding worker, with each model-sized array written into its slot
     (`slots[i]` for `paths[i]`) and replaced by the slot's number: (slot, (width, height))."""
     results = loader(paths, spec)
-    if _slots is None:
+    array = None if _slots is None else _slots.array
+    if array is None:
         return results
     for i, (result, slot) in enumerate(zip(results, slots, strict=True)):
-        if not isinstance(result, str) and result[0].shape == _slots.array.shape[1:]:
-            _slots.array[slot] = result[0]
+        if not isinstance(result, str) and result[0].shape == array.shape[1:]:
+            array[slot] = result[0]
             results[i] = (slot, result[1])
     return results
 

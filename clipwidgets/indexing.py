@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -38,6 +38,12 @@ from .images import (
     scan_images,
 )
 from .store import EmbeddingStore, StoreDiff
+from .types import PathLike, PixelEncoder
+
+__all__ = [
+    "BAD_NAME", "CRASHED", "DECODE_TIMEOUT_S", "Decoded", "HUNG", "IndexReport", "Loader", "PREFETCH_BATCHES",
+    "RunPlan", "default_workers", "finish_report", "index_images", "plan_run"
+]
 
 logger = logging.getLogger(__name__)
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model
@@ -88,8 +94,8 @@ def _usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def index_images(images_dir: str | os.PathLike[str], store: EmbeddingStore | str | os.PathLike[str],
-                 encoder: Any, *, batch_size: int = 32, workers: int | None = None, prune: bool = False,
+def index_images(images_dir: PathLike, store: EmbeddingStore | PathLike, encoder: PixelEncoder, *,
+                 batch_size: int = 32, workers: int | None = None, prune: bool = False,
                  progress: bool = True) -> IndexReport:
     """Embed the new and changed images under `images_dir` into `store`; returns an IndexReport.
 
@@ -109,7 +115,7 @@ def index_images(images_dir: str | os.PathLike[str], store: EmbeddingStore | str
     if workers is not None and workers < 0:
         raise InvalidInputError(f"workers must be 0 (decode in this process) or more, got {workers}.")
     owned = not isinstance(store, EmbeddingStore)
-    if owned:
+    if not isinstance(store, EmbeddingStore):
         store = EmbeddingStore.open_or_create(store, encoder.meta, images_dir)
     try:
         if not owned:
@@ -125,7 +131,7 @@ def index_images(images_dir: str | os.PathLike[str], store: EmbeddingStore | str
     return report
 
 
-def _check_store(store: EmbeddingStore, encoder: Any, images_dir: Path) -> None:
+def _check_store(store: EmbeddingStore, encoder: PixelEncoder, images_dir: Path) -> None:
     store.check_model(encoder.meta)
     if store.image_root.resolve() != images_dir.resolve():
         raise InvalidInputError(f"Store {store.path} indexes images under {store.image_root}, not "
@@ -172,7 +178,7 @@ def finish_report(plan: RunPlan, store: EmbeddingStore, committer: Committer) ->
     return report
 
 
-def _index(images_dir: Path, store: EmbeddingStore, encoder: Any, *, batch_size: int, workers: int,
+def _index(images_dir: Path, store: EmbeddingStore, encoder: PixelEncoder, *, batch_size: int, workers: int,
            prune: bool, progress: bool) -> IndexReport:
     plan = plan_run(images_dir, store, prune=prune)
     committer = Committer(store, plan.found, batch_size)
@@ -193,7 +199,7 @@ def _storable(relpath: str) -> bool:
     return True
 
 
-def _encode_all(images_dir: Path, todo: list[str], encoder: Any, committer: Committer, bar: Any, *,
+def _encode_all(images_dir: Path, todo: list[str], encoder: PixelEncoder, committer: Committer, bar: Any, *,
                 batch_size: int, workers: int) -> None:
     spec = ModelInputSpec.from_meta(encoder.meta["preprocess"])
     to_tensor = _Normaliser(encoder, spec)
@@ -232,7 +238,7 @@ def _model_turn(model_idle: Any) -> Iterator[None]:
         model_idle.set()
 
 
-def _encode_batches(decoded: Iterator[tuple[str, Decoded]], encoder: Any, to_tensor: _Normaliser,
+def _encode_batches(decoded: Iterator[tuple[str, Decoded]], encoder: PixelEncoder, to_tensor: _Normaliser,
                     committer: Committer, bar: Any, *, batch_size: int, model_idle: Any = None) -> None:
     paths: list[str] = []
     pixels: list[np.ndarray] = []
@@ -270,7 +276,7 @@ class _Normaliser:
     and the main process's CPU threads stay free of work that would compete with the decoders.
     """
 
-    def __init__(self, encoder: Any, spec: ModelInputSpec) -> None:
+    def __init__(self, encoder: PixelEncoder, spec: ModelInputSpec) -> None:
         preprocess = encoder.meta["preprocess"]
         self.device = encoder.device
         self.mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -288,7 +294,7 @@ class _Normaliser:
 
 def _decode_in_order(images_dir: Path, relpaths: list[str], spec: ModelInputSpec, *, workers: int,
                      window: int, loader: Loader = load_model_inputs,
-                     model_idle: Any = None) -> Iterator[tuple[str, Decoded]]:
+                     model_idle: Any = None) -> Generator[tuple[str, Decoded], None, None]:
     """(relpath, decoded) for each path, in order; at most `window` images are decoded ahead.
     Workers start a file only while `model_idle` (an Event of `_worker_context()`), if given, is set."""
     if workers == 0:
@@ -357,8 +363,10 @@ class _DecodePool:
 
     def _received(self, results: list[Any]) -> list[Decoded]:
         """Worker results with each slot number replaced by a copy of the slot's pixels."""
-        return [(self.slots.array[result[0]].copy(), result[1])
-                if not isinstance(result, str) and isinstance(result[0], int) else result
+        array = None if self.slots is None else self.slots.array
+        return [(array[result[0]].copy(), result[1])
+                if array is not None and not isinstance(result, str) and isinstance(result[0], int)
+                else result
                 for result in results]
 
     def decode(self, images_dir: Path, relpaths: list[str]) -> Iterator[tuple[str, Decoded]]:

@@ -24,10 +24,12 @@ import torch
 from PIL import Image
 
 from .errors import InvalidInputError, ModelLoadError
+from .settings import DEFAULT_MODEL, DEFAULT_PRETRAINED, TINY_MODEL
 
-DEFAULT_MODEL = "ViT-B-32-quickgelu"
-DEFAULT_PRETRAINED = "openai"
-TINY_MODEL = "tiny"
+__all__ = [
+    "Encoder", "PRECISIONS", "TINY_SEED", "list_models", "load_model", "resolve_device", "resolve_precision"
+]
+
 TINY_SEED = 0
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,7 +82,7 @@ class Encoder:
 
     def __init__(self, model: torch.nn.Module, preprocess: Any, tokenizer: Any, *,
                  device: str, precision: str, meta: dict[str, Any]) -> None:
-        self.model = model.eval()
+        self.model: Any = model.eval()  # open_clip's CLIP: encode_image, encode_text, ...
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.device = device
@@ -149,7 +151,7 @@ def _normalised_numpy(features: torch.Tensor) -> np.ndarray:
     return features.cpu().numpy()
 
 
-def _encode_tokens_cut(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def _encode_tokens_cut(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """open_clip's `encode_text` computed only up to the last end-of-text position of the batch."""
     pool_type = getattr(model, "text_pool_type", None)
     if not hasattr(model, "token_embedding") or pool_type not in ("argmax", "eos"):
@@ -308,7 +310,7 @@ def _str(path: str | os.PathLike[str] | None) -> str | None:
     return None if path is None else str(path)
 
 
-def _embed_dim(model: torch.nn.Module) -> int:
+def _embed_dim(model: Any) -> int:
     projection = getattr(model, "text_projection", None)
     if isinstance(projection, torch.nn.Linear):
         return projection.out_features
@@ -317,7 +319,7 @@ def _embed_dim(model: torch.nn.Module) -> int:
     return int(model.visual.output_dim)
 
 
-def _preprocess_meta(model: torch.nn.Module) -> dict[str, Any]:
+def _preprocess_meta(model: Any) -> dict[str, Any]:
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = cfg.get("size", model.visual.image_size)
     return {

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,10 +30,15 @@ from . import __version__
 from .errors import InvalidInputError, ModelMismatchError, StoreError
 from .images import scan_images
 
-if os.name == "nt":  # the writer lock: msvcrt on Windows (untested there), flock elsewhere
+if sys.platform == "win32":  # the writer lock: msvcrt on Windows (untested there), flock elsewhere
     import msvcrt
 else:
     import fcntl
+
+__all__ = [
+    "DTYPES", "EmbeddingStore", "FORMAT_NAME", "FORMAT_VERSION", "NORM_TOLERANCE", "SEED_IMAGE_EXTENSIONS",
+    "SkippedFile", "StoreDiff", "VectorBlock", "import_npy", "read_captions", "read_model_meta"
+]
 
 FORMAT_NAME = "clipwidgets.store"
 FORMAT_VERSION = 1
@@ -371,7 +377,10 @@ class EmbeddingStore:
         view = self._view
         known = {path: (int(size), int(mtime)) for path, size, mtime in
                  zip(view.paths, view.sizes.tolist(), view.mtimes_ns.tolist(), strict=True)}
-        new, changed, unchanged, skipped_unchanged = [], [], [], []
+        new: list[str] = []
+        changed: list[str] = []
+        unchanged: list[str] = []
+        skipped_unchanged: list[str] = []
         for path, (size, mtime) in files.items():
             stamp = (int(size), int(mtime))
             if path in known:
@@ -442,7 +451,7 @@ class EmbeddingStore:
                 raise InvalidInputError(f"add_images got {count} paths but {len(column)} {name}.")
             columns[name] = column
         with self.batch():
-            contents = self._pending
+            contents = self._view
             row_of = contents.row_of()
             existing = np.array([row_of.get(p, -1) for p in relpaths], dtype=np.int64)
             contents.image_embeddings = _replace_and_append(contents.image_embeddings, existing, rows)
@@ -472,7 +481,7 @@ class EmbeddingStore:
             raise InvalidInputError(f"add_texts got {count} texts, {len(links)} image indices "
                                     f"and {len(tags)} sources; give one of each per text.")
         with self.batch():
-            contents = self._pending
+            contents = self._view
             bad = np.flatnonzero((links < -1) | (links >= len(contents.paths)))
             if bad.size:
                 raise InvalidInputError(f"{label(bad[0])} links to image {links[bad[0]]}, but the store "
@@ -490,7 +499,7 @@ class EmbeddingStore:
                                        size=int(r.size), mtime_ns=int(r.mtime_ns)) for r in records]
         with self.batch():
             for record in checked:
-                self._pending.skipped[record.path] = record
+                self._view.skipped[record.path] = record
 
     def remove(self, paths: Sequence[str | os.PathLike[str]]) -> int:
         """Remove images (with their linked texts) and skip records; returns the image rows removed.
@@ -501,10 +510,10 @@ class EmbeddingStore:
         self._require_writer()
         relpaths = set(self._relpaths(paths, allow_duplicates=True))
         with self.batch():
-            contents = self._pending
+            contents = self._view
             for path in relpaths:
                 contents.skipped.pop(path, None)
-            gone = np.array([p in relpaths for p in contents.paths], dtype=bool)
+            gone = np.array([p in relpaths for p in contents.paths], dtype=np.bool_)
             if not gone.any():
                 return 0
             keep = ~gone
@@ -530,13 +539,13 @@ class EmbeddingStore:
             raise InvalidInputError(f"Subset name {name!r} must be non-empty and contain no '/'.")
         relpaths = self._relpaths(paths)
         with self.batch():
-            present = self._pending.row_of()
+            present = self._view.row_of()
             missing = [path for path in relpaths if path not in present]
             if missing:
                 raise InvalidInputError(f"Subset {name!r}: {missing[0]!r} is not in store {self.path} "
                                         f"({len(missing)} of {len(relpaths)} paths missing); add the "
                                         "images first.")
-            self._pending.subsets[name] = relpaths
+            self._view.subsets[name] = relpaths
 
     # ----- internals -----
 
@@ -571,8 +580,11 @@ class EmbeddingStore:
         relpaths = [self._relpath(path) for path in paths]
         if not allow_duplicates and len(set(relpaths)) != len(relpaths):
             seen: set[str] = set()
-            duplicate = next(p for p in relpaths if p in seen or seen.add(p))
-            raise InvalidInputError(f"Duplicate image path {duplicate!r} in one call; give each path once.")
+            for duplicate in relpaths:
+                if duplicate in seen:
+                    raise InvalidInputError(f"Duplicate image path {duplicate!r} in one call; give each "
+                                            "path once.")
+                seen.add(duplicate)
         return relpaths
 
     def _validated_embeddings(self, embeddings: np.ndarray, count: int, label: Callable[[int], str],
@@ -654,7 +666,7 @@ def import_npy(store_path: str | os.PathLike[str], image_embeddings_npy: str | o
     if not images_dir.is_dir():
         raise InvalidInputError(f"Image folder {images_dir} does not exist.")
     listed_by_prototype = image_paths is None
-    if listed_by_prototype:
+    if image_paths is None:
         image_paths = [name for name in sorted(os.listdir(images_dir))
                        if name.lower().endswith(SEED_IMAGE_EXTENSIONS)]
     image_rows = _load_npy(image_embeddings_npy)
@@ -706,7 +718,7 @@ def read_captions(path: str | os.PathLike[str]) -> tuple[list[str], list[str | N
             continue
         token = re.match(r"([^\t]+)#\d+\t(.*)", line)
         if csv_layout or token:
-            image, sep, text = _csv_pair(line) if csv_layout else (token[1], "\t", token[2])
+            image, sep, text = _csv_pair(line) if csv_layout or token is None else (token[1], "\t", token[2])
             if not sep or not image:
                 raise InvalidInputError(f"{path} line {number} is not `image,caption`: {line[:80]!r}.")
             nth = per_image[image] = per_image.get(image, -1) + 1
@@ -1025,7 +1037,7 @@ def _lock(path: Path) -> int:
         raise StoreError(f"Cannot open the lock file {lock_path} of store {path}: {error}. "
                          "The folder must be writable to change the store.") from error
     try:
-        if os.name == "nt":
+        if sys.platform == "win32":
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         else:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1038,7 +1050,7 @@ def _lock(path: Path) -> int:
 
 def _unlock(fd: int | None) -> None:
     if fd is not None:
-        if os.name == "nt":
+        if sys.platform == "win32":
             msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
         else:
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -19,7 +19,15 @@ import ipywidgets as widgets
 
 from .errors import ClipWidgetsError, InvalidInputError, StoreError
 from .searcher import Searcher
+from .store import EmbeddingStore
 from .thumbnails import DEFAULT_SIDE, ThumbnailCache, disk_cache_dir, placeholder_jpeg
+from .types import EncoderLike, PathLike
+
+__all__ = [
+    "CardText", "DETAIL_SIDE", "MIN_SCORE_OFF", "PER_PAGE_CHOICES", "Request", "SearchPanel", "card_html",
+    "card_text", "detail_html", "failure_text", "page_count", "page_label", "ready_text", "results_text",
+    "status_text"
+]
 
 PER_PAGE_CHOICES = (12, 24, 48, 96)
 DETAIL_SIDE = 512
@@ -57,7 +65,8 @@ class SearchPanel(widgets.VBox):
     read `results`, `status`, `error` and `results_text()`.
     """
 
-    def __init__(self, store_or_searcher: Any, encoder: Any = None, *, per_page: int = 24,
+    def __init__(self, store_or_searcher: Searcher | EmbeddingStore | PathLike | None,
+                 encoder: EncoderLike | None = None, *, per_page: int = 24,
                  thumbnails: ThumbnailCache | None = None, disk_cache: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.results: list[Any] = []
@@ -127,6 +136,7 @@ class SearchPanel(widgets.VBox):
                             f"{len(self.results)} results (positions 0 to {len(self.results) - 1}).")
             return
         hit = self.results[position]
+        assert self.searcher is not None and self.thumbnails is not None  # there are results: a store is open
         try:
             path = self.searcher.store.abspath(hit.index)
             self.detail_image.value = self.thumbnails.get(hit.index, max_side=DETAIL_SIDE)
@@ -258,6 +268,7 @@ class SearchPanel(widgets.VBox):
             self._cards.append(self._new_card(len(self._cards)))
         failures = []
         for card, hit in zip(self._cards[:len(self.results)], self.results, strict=True):
+            assert self.thumbnails is not None  # results come from an open store
             try:
                 card.image.value = self.thumbnails.get(hit.index)
             except (ClipWidgetsError, OSError) as error:
@@ -295,6 +306,7 @@ class SearchPanel(widgets.VBox):
             return None
         if isinstance(request.query, str):
             return PurePosixPath(request.query).name
+        assert self.searcher is not None  # a request was made: a store is open
         return PurePosixPath(self.searcher.store.abspath(request.query)).name
 
     def _set_status(self, text: str, *, error: bool = False) -> None:
@@ -315,10 +327,11 @@ class SearchPanel(widgets.VBox):
     def _on_refine(self, change: dict) -> None:
         if self._quiet or self._request is None:
             return
-        if self._request.kind == "text":
+        request = self._request
+        if request.kind == "text":
             self._guarded(lambda _: self.search())(change)
         else:
-            self._guarded(lambda _: self.more_like(self._request.query))(change)
+            self._guarded(lambda _: self.more_like(request.query))(change)
 
     def _guarded(self, action: Callable[[Any], Any]) -> Callable[[Any], None]:
         """Wrap a UI callback so that no exception becomes a traceback in the notebook."""
@@ -354,7 +367,8 @@ class _Quiet:
         self.panel._quiet = False
 
 
-def _as_searcher(store_or_searcher: Any, encoder: Any) -> Searcher:
+def _as_searcher(store_or_searcher: Searcher | EmbeddingStore | PathLike | None,
+                 encoder: EncoderLike | None) -> Searcher:
     if isinstance(store_or_searcher, Searcher):
         return store_or_searcher
     if store_or_searcher is None:

@@ -13,8 +13,13 @@ import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from ..errors import DatasetError
+
+__all__ = [
+    "CHUNK_BYTES", "CONNECT_TIMEOUT_S", "DownloadError", "check_free_space", "download_file", "sha256_of"
+]
 
 CONNECT_TIMEOUT_S = 15.0
 CHUNK_BYTES = 1 << 20
@@ -131,7 +136,7 @@ def _transfer(url: str, partial: Path, *, space_factor: float, timeout: float,
     return total
 
 
-def _progress_bar(total: int | None, initial: int, name: str, enabled: bool):
+def _progress_bar(total: int | None, initial: int, name: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,

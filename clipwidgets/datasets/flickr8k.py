@@ -25,7 +25,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import DatasetError
+from ..types import PathLike, PixelEncoder
 from .download import DownloadError, check_free_space, download_file, sha256_of
+
+__all__ = [
+    "ARCHIVES", "BASE_URL", "CROWDFLOWER_FILE", "CrowdFlowerAnnotation", "EXPERT_FILE",
+    "EXTRACTED_PER_ARCHIVE_BYTE", "ExpertAnnotation", "Flickr8kPaths", "Flickr8kWarning", "IMAGES_ARCHIVE",
+    "IMAGE_COUNT", "IMAGE_FOLDERS", "MANIFEST_FILE", "SOURCE_PREFIX", "SPLIT_FILES", "TEXT_ARCHIVE",
+    "TOKEN_FILE", "URL_ENV", "archive_urls", "caption_source", "download_flickr8k", "flickr8k_paths",
+    "index_flickr8k", "layout_problems", "load_captions", "load_crowdflower_annotations",
+    "load_expert_annotations", "load_split", "parse_token_file", "split_caption_id"
+]
 
 BASE_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k"
 URL_ENV = "CLIPWIDGETS_FLICKR8K_URL"
@@ -442,7 +452,7 @@ def caption_source(number: int) -> str:
     return f"{SOURCE_PREFIX}{number}"
 
 
-def index_flickr8k(data_dir: str | os.PathLike[str], store_path: str | os.PathLike[str], encoder: Any, *,
+def index_flickr8k(data_dir: PathLike, store_path: PathLike, encoder: PixelEncoder, *,
                    batch_size: int = 32, text_batch_size: int = 256, workers: int | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Index `data_dir`/Images and the captions of every indexed image into the store at `store_path`.
