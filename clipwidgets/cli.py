@@ -22,6 +22,7 @@ from .settings import (
     DEFAULT_PORT,
     DEFAULT_PRETRAINED,
     DEFAULT_STORE,
+    ENV_FLICKR8K_URL,
 )
 
 if TYPE_CHECKING:
@@ -188,7 +189,7 @@ def _add_flickr8k_parsers(sub: Any) -> None:
     download.add_argument("--from-dir", help="folder holding Flickr8k_Dataset.zip and Flickr8k_text.zip "
                           "fetched by hand (nothing is downloaded)")
     download.add_argument("--base-url", help="mirror of the two archives (default: "
-                          "$CLIPWIDGETS_FLICKR8K_URL, else the jbrownlee/Datasets GitHub release)")
+                          f"${ENV_FLICKR8K_URL}, else the jbrownlee/Datasets GitHub release)")
     download.add_argument("--expected-images", type=int, default=8091,
                           help="JPEGs the image archive must hold (0 skips the check; default 8091)")
     download.add_argument("--keep-archives", action="store_true", help="keep the zips after extracting")
