@@ -15,6 +15,7 @@ _EXPORTS = {
     "load_model": "model",
     "list_models": "model",
     "Encoder": "model",
+    "encoder_for": "model_choice",
     "EmbeddingStore": "store",
     "SkippedFile": "store",
     "StoreDiff": "store",

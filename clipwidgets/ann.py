@@ -18,6 +18,12 @@ from typing import Any
 import numpy as np
 
 from .errors import ClipWidgetsError, InvalidInputError
+from .types import StoreReader
+
+__all__ = [
+    "AnnIndex", "HNSW_EF_CONSTRUCTION", "HNSW_EF_SEARCH", "HNSW_NEIGHBOURS", "IVF_PROBE_FRACTION", "KINDS",
+    "ann_status", "build_ann_index", "index_paths", "load_ann_index", "store_fingerprint"
+]
 
 KINDS = ("hnsw", "ivf")
 HNSW_NEIGHBOURS = 32
@@ -27,13 +33,13 @@ IVF_PROBE_FRACTION = 1 / 8
 _FINGERPRINT_ROWS = 4096
 
 
-def index_paths(store: Any) -> tuple[Path, Path]:
+def index_paths(store: StoreReader) -> tuple[Path, Path]:
     """(index file, metadata file) beside `store`."""
     base = Path(store.path)
     return base.with_name(base.name + ".faiss"), base.with_name(base.name + ".faiss.json")
 
 
-def store_fingerprint(store: Any) -> str:
+def store_fingerprint(store: StoreReader) -> str:
     """A digest of the store's row count, dimension, and a strided sample of paths and embeddings."""
     embeddings = store.image_embeddings()
     paths = store.image_paths()
@@ -45,7 +51,7 @@ def store_fingerprint(store: Any) -> str:
     return digest.hexdigest()
 
 
-def build_ann_index(store: Any, *, kind: str = "hnsw") -> Path:
+def build_ann_index(store: StoreReader, *, kind: str = "hnsw") -> Path:
     """Build an approximate inner-product index of the store's images and save it beside the store."""
     faiss = _faiss()
     if faiss is None:
@@ -93,7 +99,7 @@ class AnnIndex:
         return rows[rows >= 0].astype(np.int64)
 
 
-def ann_status(store: Any) -> tuple[AnnIndex | None, str]:
+def ann_status(store: StoreReader) -> tuple[AnnIndex | None, str]:
     """The fresh approximate index of `store`, or None, and a sentence saying which and why."""
     index_file, meta_file = index_paths(store)
     faiss = _faiss()
@@ -117,7 +123,7 @@ def ann_status(store: Any) -> tuple[AnnIndex | None, str]:
     return AnnIndex(index, meta["kind"]), f"approximate {meta['kind']} index {index_file.name}."
 
 
-def load_ann_index(store: Any) -> AnnIndex | None:
+def load_ann_index(store: StoreReader) -> AnnIndex | None:
     """The fresh approximate index of `store`, or None (missing, stale, unreadable, or no faiss)."""
     return ann_status(store)[0]
 

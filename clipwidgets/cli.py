@@ -11,9 +11,24 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ClipWidgetsError, InvalidInputError
+from .settings import (
+    DEFAULT_DATA,
+    DEFAULT_HOST,
+    DEFAULT_IMAGES,
+    DEFAULT_MODEL,
+    DEFAULT_PORT,
+    DEFAULT_PRETRAINED,
+    DEFAULT_STORE,
+    ENV_FLICKR8K_URL,
+)
+
+if TYPE_CHECKING:
+    from .model import Encoder
+
+__all__ = ["build_parser", "main"]
 
 
 def _print_json(value: Any) -> None:
@@ -33,18 +48,12 @@ def _safe_output() -> None:
             reconfigure(errors="backslashreplace")
 
 
-def _load_encoder(args: argparse.Namespace, store_meta: dict[str, Any] | None = None):
+def _load_encoder(args: argparse.Namespace, store_meta: dict[str, Any] | None = None) -> Encoder:
     """The model named on the command line, else the one recorded in the store, else the default."""
-    from .model import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_model
+    from .model_choice import encoder_for
 
-    name = getattr(args, "model", None)
-    pretrained = getattr(args, "pretrained", None)
-    if name is None and store_meta is not None:
-        name, pretrained = store_meta["name"], pretrained or store_meta["pretrained"]
-    name = name or DEFAULT_MODEL
-    if pretrained is None:
-        pretrained = DEFAULT_PRETRAINED
-    return load_model(name, pretrained, precision=getattr(args, "precision", "auto") or "auto")
+    return encoder_for(store_meta, getattr(args, "model", None), getattr(args, "pretrained", None),
+                       precision=getattr(args, "precision", "auto") or "auto")
 
 
 def _existing_store_model(store_path: str) -> dict[str, Any] | None:
@@ -56,8 +65,9 @@ def _existing_store_model(store_path: str) -> dict[str, Any] | None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="open_clip model name, or 'tiny' (default: the store's "
-                        "model, else ViT-B-32-quickgelu)")
-    parser.add_argument("--pretrained", help="pretrained tag or checkpoint file (default: openai)")
+                        f"model, else {DEFAULT_MODEL})")
+    parser.add_argument("--pretrained", help="pretrained tag or checkpoint file (default: the store's "
+                        f"for the store's model, else {DEFAULT_PRETRAINED})")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                         help="auto (default): fp16 on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16, "
                         "AMX, ARM BF16), else fp32; bf16 on a CPU without it warns and uses fp32")
@@ -95,19 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(import_npy)
     import_npy.set_defaults(run=_run_import_npy)
 
-    app = sub.add_parser("app", help="serve the search page with Voila (http://127.0.0.1:7860)",
+    app = sub.add_parser("app", help=f"serve the search page with Voila (http://{DEFAULT_HOST}:"
+                         f"{DEFAULT_PORT})",
                          description="Serve the SearchPanel as a standalone page. When the store is "
                          "missing it is built first from --images, or for the default store from "
                          "the Flickr8k download.")
-    app.add_argument("--store", default="store/flickr8k.h5",
-                     help="store file, relative to the current folder (default: store/flickr8k.h5)")
-    app.add_argument("--images", default="Data/Images",
-                     help="images to index when the store is missing (default: Data/Images)")
+    app.add_argument("--store", default=str(DEFAULT_STORE),
+                     help=f"store file, relative to the current folder (default: {DEFAULT_STORE})")
+    app.add_argument("--images", default=str(DEFAULT_IMAGES),
+                     help=f"images to index when the store is missing (default: {DEFAULT_IMAGES})")
     app.add_argument("--model", help="open_clip model name, or 'tiny' (default: the store's model; "
-                     "ViT-B-32-quickgelu when building a store)")
-    app.add_argument("--pretrained", help="pretrained tag or checkpoint file (default: the store's)")
-    app.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    app.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+                     f"{DEFAULT_MODEL} when building a store)")
+    app.add_argument("--pretrained", help="pretrained tag or checkpoint file (default: the store's; "
+                     f"{DEFAULT_PRETRAINED} when building a store)")
+    app.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default: {DEFAULT_HOST})")
+    app.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     app.set_defaults(run=_run_app)
 
     index = sub.add_parser("index", help="embed the images of a folder into a store (incremental)",
@@ -211,7 +223,7 @@ def _run_import_npy(args: argparse.Namespace) -> int:
 
 
 def _run_app(args: argparse.Namespace) -> int:
-    from .webapp import DEFAULT_STORE, ensure_store, serve
+    from .webapp import ensure_store, serve
 
     store = ensure_store(args.store, images_dir=args.images, model=args.model, pretrained=args.pretrained,
                          allow_download=Path(args.store) == DEFAULT_STORE)
@@ -222,27 +234,27 @@ def _add_flickr8k_parsers(sub: Any) -> None:
     flickr8k = sub.add_parser("flickr8k", help="download, index and evaluate on Flickr8k")
     commands = flickr8k.add_subparsers(dest="flickr8k_command", required=True)
     download = commands.add_parser("download", help="download, verify and extract Flickr8k")
-    download.add_argument("--data-dir", default="Data")
+    download.add_argument("--data-dir", default=str(DEFAULT_DATA))
     download.add_argument("--from-dir", help="folder holding Flickr8k_Dataset.zip and Flickr8k_text.zip "
                           "fetched by hand (nothing is downloaded)")
     download.add_argument("--base-url", help="mirror of the two archives (default: "
-                          "$CLIPWIDGETS_FLICKR8K_URL, else the jbrownlee/Datasets GitHub release)")
+                          f"${ENV_FLICKR8K_URL}, else the jbrownlee/Datasets GitHub release)")
     download.add_argument("--expected-images", type=int, default=8091,
                           help="JPEGs the image archive must hold (0 skips the check; default 8091)")
     download.add_argument("--keep-archives", action="store_true", help="keep the zips after extracting")
     download.add_argument("--json", action="store_true")
     download.set_defaults(run=_run_flickr8k_download)
     index = commands.add_parser("index", help="index Flickr8k images and captions into a store")
-    index.add_argument("--data-dir", default="Data")
-    index.add_argument("--store", default="store/flickr8k.h5")
+    index.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    index.add_argument("--store", default=str(DEFAULT_STORE))
     _add_model_options(index)
     index.add_argument("--batch-size", type=int, default=32)
     index.add_argument("--workers", type=int, help="decoding processes (0: decode in this process)")
     index.add_argument("--json", action="store_true")
     index.set_defaults(run=_run_flickr8k_index)
     evaluate = commands.add_parser("evaluate", help="Recall@K, ranks and agreement with human judgments")
-    evaluate.add_argument("--store", default="store/flickr8k.h5")
-    evaluate.add_argument("--data-dir", default="Data", help="where ExpertAnnotations.txt is")
+    evaluate.add_argument("--store", default=str(DEFAULT_STORE))
+    evaluate.add_argument("--data-dir", default=str(DEFAULT_DATA), help="where ExpertAnnotations.txt is")
     evaluate.add_argument("--split", default="test", help="train, dev, test or all (default: test)")
     evaluate.add_argument("--failures", type=int, default=0, metavar="N",
                           help="also list the N worst text-to-image failures")

@@ -185,7 +185,7 @@ def _start_without_caller_main(start: Callable[[], None]) -> None:
     milliseconds of the start; the workers need nothing from `__main__`."""
     with _MAIN_SWAP:
         main = sys.modules.get("__main__")
-        sys.modules["__main__"] = _MainStandIn(main)  # type: ignore[assignment]
+        sys.modules["__main__"] = _MainStandIn(main)
         try:
             start()
         finally:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["COLOR_BY", "METHODS", "EmbeddingMap", "kmeans", "pca_2d", "project"]
+__all__ = ["COLOR_BY", "METHODS", "PCA_SAMPLE", "EmbeddingMap", "kmeans", "pca_2d", "project"]
 
 METHODS = ("pca", "umap", "auto")
 COLOR_BY = ("split", "cluster", "score")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "ClipWidgetsError", "DatasetError", "ImageDecodeError", "InvalidInputError", "ModelLoadError",
+    "ModelMismatchError", "StoreError"
+]
+
 
 class ClipWidgetsError(Exception):
     """Base class for every error clipwidgets raises on purpose."""

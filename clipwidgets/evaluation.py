@@ -16,6 +16,13 @@ import numpy as np
 
 from .datasets.flickr8k import SOURCE_PREFIX, ExpertAnnotation, split_caption_id
 from .errors import InvalidInputError
+from .types import StoreReader
+
+__all__ = [
+    "ALL_IMAGES", "ANCHORS", "DirectionScores", "EvaluationReport", "Failure", "HumanAgreement", "KS",
+    "evaluate_store", "failures", "human_agreement", "image_to_text_ranks", "kendall_tau_c", "recall_at_k",
+    "split_rows", "text_to_image_ranks"
+]
 
 KS = (1, 5, 10)
 ALL_IMAGES = "all"
@@ -32,7 +39,7 @@ ANCHORS = {
 
 
 def text_to_image_ranks(text_embeddings: np.ndarray, image_embeddings: np.ndarray,
-                        text_image: Sequence[int]) -> np.ndarray:
+                        text_image: Sequence[int] | np.ndarray) -> np.ndarray:
     """Rank (1-based) of each text's own image among all images, by cosine similarity."""
     texts, images = _float32(text_embeddings), _float32(image_embeddings)
     targets = _targets(text_image, len(texts), len(images))
@@ -47,7 +54,7 @@ def text_to_image_ranks(text_embeddings: np.ndarray, image_embeddings: np.ndarra
 
 
 def image_to_text_ranks(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
-                        text_image: Sequence[int]) -> np.ndarray:
+                        text_image: Sequence[int] | np.ndarray) -> np.ndarray:
     """Rank (1-based) of each image's best-placed own text among all texts (its other own texts
     do not count against it).
 
@@ -78,7 +85,7 @@ def recall_at_k(ranks: np.ndarray, k: int) -> float:
     return float(100.0 * np.mean(ranks <= k))
 
 
-def kendall_tau_c(x: Sequence[float], y: Sequence[float]) -> float:
+def kendall_tau_c(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Stuart's tau-c between two paired samples (the variant the CLIPScore paper reports).
 
     tau_c = 2 (P - Q) / (n^2 (m - 1) / m), with P - Q the concordant minus discordant pairs and m the
@@ -176,7 +183,7 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def split_rows(store: Any, split: str = "test") -> np.ndarray:
+def split_rows(store: StoreReader, split: str = "test") -> np.ndarray:
     """Image rows of a named subset of the store (or every image for split="all")."""
     if split == ALL_IMAGES:
         return np.arange(store.num_images, dtype=np.int64)
@@ -189,7 +196,7 @@ def split_rows(store: Any, split: str = "test") -> np.ndarray:
     return np.asarray(subsets[split], dtype=np.int64)
 
 
-def evaluate_store(store: Any, *, split: str = "test", ks: Sequence[int] = KS,
+def evaluate_store(store: StoreReader, *, split: str = "test", ks: Sequence[int] = KS,
                    expert_annotations: Sequence[ExpertAnnotation] | None = None,
                    source_prefix: str = SOURCE_PREFIX) -> EvaluationReport:
     """Text-to-image and image-to-text retrieval over one split's captioned images and their captions.
@@ -209,7 +216,7 @@ def evaluate_store(store: Any, *, split: str = "test", ks: Sequence[int] = KS,
     )
 
 
-def human_agreement(store: Any, annotations: Sequence[ExpertAnnotation], *,
+def human_agreement(store: StoreReader, annotations: Sequence[ExpertAnnotation], *,
                     source_prefix: str = SOURCE_PREFIX) -> HumanAgreement:
     """Kendall tau-c between the cosine of each annotated (image, caption) pair and the expert scores.
 
@@ -225,7 +232,10 @@ def human_agreement(store: Any, annotations: Sequence[ExpertAnnotation], *,
             text_of[(paths[image], int(source[len(source_prefix):]))] = j
     texts = store.texts()
     image_embeddings, text_embeddings = store.image_embeddings(), store.text_embeddings()
-    cosines, means, per_rater_cosines, per_rater_scores = [], [], [], []
+    cosines: list[float] = []
+    means: list[float] = []
+    per_rater_cosines: list[float] = []
+    per_rater_scores: list[int] = []
     missing = 0
     for annotation in annotations:
         image_row = row_of.get(annotation.image)
@@ -261,7 +271,7 @@ class Failure:
     retrieved: list[tuple[str, float]]
 
 
-def failures(store: Any, split: str = "test", *, limit: int = 20, k: int = 5,
+def failures(store: StoreReader, split: str = "test", *, limit: int = 20, k: int = 5,
              source_prefix: str = SOURCE_PREFIX) -> list[Failure]:
     """Text-to-image failures of a split, worst ranked first; paths are absolute image paths."""
     if limit < 1 or k < 1:
@@ -284,7 +294,8 @@ def failures(store: Any, split: str = "test", *, limit: int = 20, k: int = 5,
     return result
 
 
-def _split_captions(store: Any, split: str, source_prefix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _split_captions(store: StoreReader, split: str,
+                    source_prefix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows of the split's captioned images, text rows of their captions, each caption's position in
     the image rows)."""
     in_split = np.zeros(store.num_images, dtype=bool)
@@ -302,7 +313,7 @@ def _split_captions(store: Any, split: str, source_prefix: str) -> tuple[np.ndar
     return rows, texts, position[linked[texts]]
 
 
-def _targets(text_image: Sequence[int], texts: int, images: int) -> np.ndarray:
+def _targets(text_image: Sequence[int] | np.ndarray, texts: int, images: int) -> np.ndarray:
     targets = np.asarray(text_image, dtype=np.int64)
     if targets.shape != (texts,):
         raise InvalidInputError(f"Got {texts} texts but {targets.size} image links; give one per text.")

@@ -24,6 +24,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageDecodeError
 from .image_formats import AVIF_EXTENSIONS, HEIF_EXTENSIONS, missing_codec
 
+__all__ = [
+    "FILE_NOT_FOUND", "IMAGE_EXTENSIONS", "PERMISSION_DENIED", "ModelInputSpec", "load_image",
+    "load_model_input", "load_model_inputs", "make_thumbnail", "scan_images"
+]
+
 # AVIF and HEIC/HEIF are listed even where their codec is missing: such files are reported as
 # skipped with the package to install, not silently ignored.
 IMAGE_EXTENSIONS = frozenset({

@@ -28,9 +28,10 @@ from .errors import InvalidInputError
 from .images import ModelInputSpec, scan_images
 from .malloc import reuse_freed_memory
 from .store import EmbeddingStore, StoreDiff
+from .types import PathLike, PixelEncoder
 
-__all__ = ["BAD_NAME", "MAX_BATCH_SIZE", "IndexReport", "RunPlan", "default_workers", "finish_report",
-           "index_images", "plan_run"]
+__all__ = ["BAD_NAME", "MAX_BATCH_SIZE", "PREFETCH_BATCHES", "IndexReport", "RunPlan", "default_workers",
+           "finish_report", "index_images", "plan_run"]
 
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model
 MAX_BATCH_SIZE = 4096  # images per model call, at most: a batch is held in memory (~0.6 MB per 224-px image)
@@ -76,8 +77,8 @@ def _usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def index_images(images_dir: str | os.PathLike[str], store: EmbeddingStore | str | os.PathLike[str],
-                 encoder: Any, *, batch_size: int = 32, workers: int | None = None, prune: bool = False,
+def index_images(images_dir: PathLike, store: EmbeddingStore | PathLike, encoder: PixelEncoder, *,
+                 batch_size: int = 32, workers: int | None = None, prune: bool = False,
                  progress: bool = True) -> IndexReport:
     """Embed the new and changed images under `images_dir` into `store`; returns an IndexReport.
 
@@ -115,7 +116,7 @@ def index_images(images_dir: str | os.PathLike[str], store: EmbeddingStore | str
     return report
 
 
-def _check_store(store: EmbeddingStore, encoder: Any, images_dir: Path) -> None:
+def _check_store(store: EmbeddingStore, encoder: PixelEncoder, images_dir: Path) -> None:
     store.check_model(encoder.meta)
     if store.image_root.resolve() != images_dir.resolve():
         raise InvalidInputError(f"Store {store.path} indexes images under {store.image_root}, not "
@@ -168,7 +169,7 @@ def finish_report(plan: RunPlan, store: EmbeddingStore, committer: Committer) ->
     return report
 
 
-def _index(images_dir: Path, store: EmbeddingStore, encoder: Any, *, batch_size: int, workers: int,
+def _index(images_dir: Path, store: EmbeddingStore, encoder: PixelEncoder, *, batch_size: int, workers: int,
            prune: bool, progress: bool) -> IndexReport:
     plan = plan_run(images_dir, store, prune=prune)
     committer = Committer(store, plan.found, batch_size)
@@ -191,7 +192,7 @@ def _storable(relpath: str) -> bool:
     return True
 
 
-def _encode_all(images_dir: Path, todo: list[str], encoder: Any, committer: Committer, bar: Any, *,
+def _encode_all(images_dir: Path, todo: list[str], encoder: PixelEncoder, committer: Committer, bar: Any, *,
                 batch_size: int, workers: int) -> None:
     spec = ModelInputSpec.from_meta(encoder.meta["preprocess"])
     to_tensor = _Normaliser(encoder, spec)
@@ -230,7 +231,7 @@ def _model_turn(model_idle: Any) -> Iterator[None]:
         model_idle.set()
 
 
-def _encode_batches(decoded: Iterator[tuple[str, Decoded]], encoder: Any, to_tensor: _Normaliser,
+def _encode_batches(decoded: Iterator[tuple[str, Decoded]], encoder: PixelEncoder, to_tensor: _Normaliser,
                     committer: Committer, bar: Any, *, batch_size: int, model_idle: Any = None) -> None:
     paths: list[str] = []
     pixels: list[np.ndarray] = []
@@ -268,7 +269,7 @@ class _Normaliser:
     and the main process's CPU threads stay free of work that would compete with the decoders.
     """
 
-    def __init__(self, encoder: Any, spec: ModelInputSpec) -> None:
+    def __init__(self, encoder: PixelEncoder, spec: ModelInputSpec) -> None:
         preprocess = encoder.meta["preprocess"]
         self.device = encoder.device
         self.mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)

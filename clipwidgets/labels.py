@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["DEFAULT_TEMPLATE", "ZeroShotLabels", "classify"]
+__all__ = ["DEFAULT_TEMPLATE", "LOGIT_SCALE", "ZeroShotLabels", "classify"]
 
 DEFAULT_TEMPLATE = "a photo of a {}"
 LOGIT_SCALE = 100.0

@@ -32,10 +32,13 @@ from .open_clip_compat import (
     hub_weight_candidates,
     preprocess_meta,
 )
+from .settings import DEFAULT_MODEL, DEFAULT_PRETRAINED, TINY_MODEL
 
-DEFAULT_MODEL = "ViT-B-32-quickgelu"
-DEFAULT_PRETRAINED = "openai"
-TINY_MODEL = "tiny"
+__all__ = [
+    "Encoder", "PRECISIONS", "PrecisionWarning", "TINY_SEED", "list_models", "load_model", "resolve_device",
+    "resolve_precision"
+]
+
 TINY_SEED = 0
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

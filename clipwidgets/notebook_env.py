@@ -22,16 +22,25 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .model import DEFAULT_MODEL, DEFAULT_PRETRAINED, TINY_MODEL
+from .model_choice import choose_model, encoder_for
+from .settings import DEFAULT_DATA, DEFAULT_STORE, ENV_DATA, ENV_MODEL, ENV_PRETRAINED, ENV_STORE, TINY_MODEL
 
-MODEL_VAR = "CLIPWIDGETS_MODEL"
-PRETRAINED_VAR = "CLIPWIDGETS_PRETRAINED"
-DATA_VAR = "CLIPWIDGETS_DATA"
-STORE_VAR = "CLIPWIDGETS_STORE"
-DEFAULT_DATA = "Data"
-DEFAULT_STORE = "store/flickr8k.h5"
+if TYPE_CHECKING:
+    from .model import Encoder
+    from .types import PixelEncoder
+
+__all__ = [
+    "NotebookConfig",
+    "ensure_flickr8k",
+    "ensure_store",
+    "find_repo_root",
+    "in_colab",
+    "is_repo_root",
+    "notebook_config",
+]
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -55,6 +64,10 @@ class NotebookConfig:
     def tiny(self) -> bool:
         """True for the offline test model, whose results carry no meaning."""
         return self.model == TINY_MODEL
+
+    def load_encoder(self, *, device: str = "auto", precision: str = "auto") -> Encoder:
+        """Load the model these settings name (`clipwidgets.model_choice.encoder_for`)."""
+        return encoder_for(None, self.model, self.pretrained, device=device, precision=precision)
 
     def describe(self) -> str:
         """One line per setting, with paths shown relative to the repository root when inside it."""
@@ -104,12 +117,11 @@ def notebook_config(environ: Mapping[str, str] | None = None, *,
     """Read the settings from `environ` (default `os.environ`) with the defaults described above."""
     environ = os.environ if environ is None else environ
     root = repo_root if repo_root is not None else find_repo_root()
-    model = _setting(environ, MODEL_VAR) or DEFAULT_MODEL
-    pretrained = None if model == TINY_MODEL else _setting(environ, PRETRAINED_VAR) or DEFAULT_PRETRAINED
+    model, pretrained = choose_model(None, _setting(environ, ENV_MODEL), _setting(environ, ENV_PRETRAINED))
     return NotebookConfig(
         repo_root=root,
-        data_dir=_path(root, _setting(environ, DATA_VAR) or DEFAULT_DATA),
-        store_path=_path(root, _setting(environ, STORE_VAR) or DEFAULT_STORE),
+        data_dir=_path(root, _setting(environ, ENV_DATA) or str(DEFAULT_DATA)),
+        store_path=_path(root, _setting(environ, ENV_STORE) or str(DEFAULT_STORE)),
         model=model,
         pretrained=pretrained,
         colab=in_colab(),
@@ -131,7 +143,8 @@ def ensure_flickr8k(config: NotebookConfig, *, progress: bool = True) -> str:
     return str(download_flickr8k(config.data_dir, progress=progress)["status"])
 
 
-def ensure_store(config: NotebookConfig, encoder: Any, *, progress: bool = True) -> dict[str, Any] | None:
+def ensure_store(config: NotebookConfig, encoder: PixelEncoder, *,
+                 progress: bool = True) -> dict[str, Any] | None:
     """Build the store from Flickr8k when `config.store_path` does not exist yet (fetching the data
     first if needed); returns `index_flickr8k`'s summary, or None when the store was already there."""
     from .datasets.flickr8k import index_flickr8k

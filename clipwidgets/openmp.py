@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+__all__ = ["rest_threads"]
+
 _OMP_PAUSE_SOFT = 1
 _RUNTIME = re.compile(r"/lib(gomp|omp|iomp5)[-.\w]*\.so[.\d]*$")  # GNU, LLVM and Intel OpenMP
 

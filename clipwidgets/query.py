@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from .errors import InvalidInputError
 
+__all__ = ["QueryPart", "format_query", "parse_negative", "parse_query"]
+
 _OPERATOR = re.compile(r"(?:^|(?<=\s))([+-])")
 _WEIGHT = re.compile(r"^([^\s:]+):(?=\S)")
 

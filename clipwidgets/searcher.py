@@ -34,6 +34,12 @@ from PIL import Image
 from .errors import ImageDecodeError, InvalidInputError, StoreError
 from .query import QueryPart, format_query, parse_negative, parse_query
 from .store import EmbeddingStore
+from .types import EncoderLike
+
+__all__ = [
+    "ADAPTIVE_MIN_GAP", "ADAPTIVE_RATIO", "ADAPTIVE_WINDOW", "ANN_MODES", "ANN_THRESHOLD", "DEFAULT_DEDUP",
+    "Hit", "SearchResults", "Searcher", "TARGETS", "adaptive_cutoff", "search"
+]
 
 TARGETS = ("images", "captions", "both")
 ANN_MODES = ("auto", "always", "never")
@@ -159,13 +165,14 @@ class Searcher:
     `ann_note` why.
     """
 
-    def __init__(self, store: EmbeddingStore | str | os.PathLike[str], encoder: Any = None, *,
+    def __init__(self, store: EmbeddingStore | str | os.PathLike[str], encoder: EncoderLike | None = None, *,
                  cache_size: int = 256, ann: str = "auto", ann_threshold: int = ANN_THRESHOLD) -> None:
         if ann not in ANN_MODES:
             raise InvalidInputError(f"Unknown ann mode {ann!r}: use one of {', '.join(ANN_MODES)}.")
         self._owns_store = not isinstance(store, EmbeddingStore)
-        self.store = EmbeddingStore.open(store) if self._owns_store else store
-        self._encoder = None
+        self.store: EmbeddingStore = (store if isinstance(store, EmbeddingStore)
+                                      else EmbeddingStore.open(store))
+        self._encoder: EncoderLike | None = None
         self._ann_mode, self._ann_threshold = ann, ann_threshold
         self._text_cache: _LRU = _LRU(cache_size)
         try:
@@ -200,12 +207,12 @@ class Searcher:
                 f"backend={self.backend!r}, encoder={'yes' if self.encoder is not None else 'none'})")
 
     @property
-    def encoder(self) -> Any:
+    def encoder(self) -> EncoderLike | None:
         """The model for text and image queries (None: vector and more-like-this queries only)."""
         return self._encoder
 
     @encoder.setter
-    def encoder(self, encoder: Any) -> None:
+    def encoder(self, encoder: EncoderLike | None) -> None:
         if encoder is not None:
             self.store.check_model(encoder.meta)
         self._encoder = encoder
@@ -448,7 +455,7 @@ class Searcher:
     def _encode_image(self, image: Image.Image) -> np.ndarray:
         return self._require_encoder("image").encode_images([image])[0]
 
-    def _require_encoder(self, kind: str) -> Any:
+    def _require_encoder(self, kind: str) -> EncoderLike:
         if self.encoder is None:
             meta = self.store.model_meta
             raise InvalidInputError(f"A {kind} query needs the model: pass encoder=load_model("
@@ -548,9 +555,8 @@ class Searcher:
         """float64 scores of store rows `rows` for the unit vector `vector`, from the stored values."""
         query = np.asarray(vector, dtype=np.float64)
         rows = np.asarray(rows, dtype=np.int64)
-        images = _dot64(self._images_np, rows, query) if target != "captions" else None
         if target == "images":
-            return images
+            return _dot64(self._images_np, rows, query)
         best = np.full(len(rows), -math.inf)
         has = self._has_caption[rows]
         if has.any():
@@ -562,6 +568,7 @@ class Searcher:
             best[has] = np.maximum.reduceat(scores, firsts)
         if target == "captions":
             return best
+        images = _dot64(self._images_np, rows, query)
         return np.where(has, (images + best) / 2, images)
 
     # ----- filters -----
@@ -569,7 +576,7 @@ class Searcher:
     def _allowed(self, path_glob: str | None, subset: Any, exclude: Iterable[int | str] | None,
                  target: str) -> np.ndarray | None:
         """A boolean mask of the rows that may be returned, or None when all may."""
-        masks = []
+        masks: list[np.ndarray] = []
         if target == "captions":
             masks.append(self._has_caption)
         if path_glob is not None:
@@ -583,7 +590,7 @@ class Searcher:
             masks.append(mask)
         if not masks:
             return None
-        return np.logical_and.reduce(masks) if len(masks) > 1 else masks[0].copy()
+        return np.all(masks, axis=0) if len(masks) > 1 else masks[0].copy()
 
     def _path_mask(self, pattern: str) -> np.ndarray:
         if not isinstance(pattern, str) or not pattern:
@@ -821,13 +828,10 @@ def search(store_path: str | os.PathLike[str], query: Any, *, k: int = 10, model
 
     `clipwidgets.search("store/photos.h5", "a dog", k=5)`; options as in `Searcher.search`.
     """
-    from .model import load_model
+    from .model_choice import encoder_for
 
     with Searcher(store_path) as searcher:
         needs_model = not (isinstance(query, np.ndarray) and query.ndim == 1)
         if needs_model:
-            meta = searcher.store.model_meta
-            name = model or meta["name"]
-            weights = pretrained or (meta["pretrained"] if model is None else None)
-            searcher.encoder = load_model(name, weights) if weights is not None else load_model(name)
+            searcher.encoder = encoder_for(searcher.store.model_meta, model, pretrained)
         return searcher.search(query, k=k, **options)

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+__all__ = ["PALETTE", "make_photo", "make_photos"]
+
 PALETTE = {
     "red": (200, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 200), "yellow": (230, 210, 50),
     "purple": (130, 50, 160), "orange": (240, 130, 30), "gray": (128, 128, 128), "cyan": (40, 190, 200),

@@ -15,12 +15,16 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, ImageDraw
 
 from .errors import ImageDecodeError
 from .images import make_thumbnail
+from .types import StoreReader
+
+__all__ = [
+    "CacheStats", "DEFAULT_QUALITY", "DEFAULT_SIDE", "ThumbnailCache", "disk_cache_dir", "placeholder_jpeg"
+]
 
 DEFAULT_SIDE = 160
 DEFAULT_QUALITY = 75
@@ -38,7 +42,7 @@ class CacheStats:
 class ThumbnailCache:
     """JPEG thumbnails of the images of `store`: an in-memory LRU plus an optional folder on disk."""
 
-    def __init__(self, store: Any, *, max_side: int = DEFAULT_SIDE, quality: int = DEFAULT_QUALITY,
+    def __init__(self, store: StoreReader, *, max_side: int = DEFAULT_SIDE, quality: int = DEFAULT_QUALITY,
                  max_bytes: int = 64 * 2**20, disk_dir: str | os.PathLike[str] | None = None) -> None:
         self.store = store
         self.max_side = max_side

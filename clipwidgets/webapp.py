@@ -17,17 +17,19 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ClipWidgetsError, InvalidInputError, StoreError
+from .settings import DEFAULT_HOST, DEFAULT_IMAGES, DEFAULT_PORT, ENV_MODEL, ENV_PRETRAINED, ENV_STORE
+
+if TYPE_CHECKING:
+    from .widgets import SearchPanel
+
+__all__ = [
+    "APP_NOTEBOOK", "app_environment", "app_url", "ensure_store", "panel_from_env", "serve", "voila_command"
+]
 
 APP_NOTEBOOK = Path(__file__).parent / "app" / "search_app.ipynb"
-DEFAULT_STORE = Path("store") / "flickr8k.h5"
-DEFAULT_IMAGES = Path("Data") / "Images"
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7860
-ENV_STORE = "CLIPWIDGETS_STORE"
-ENV_MODEL = "CLIPWIDGETS_MODEL"
-ENV_PRETRAINED = "CLIPWIDGETS_PRETRAINED"
 
 
 def voila_command(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> list[str]:
@@ -89,12 +91,12 @@ def app_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
-def panel_from_env(environ: Mapping[str, str] | None = None):
+def panel_from_env(environ: Mapping[str, str] | None = None) -> SearchPanel:
     """The SearchPanel the app notebook shows, built from the variables `serve()` sets.
 
     Never raises: a missing store or a model that cannot load is shown in the panel.
     """
-    from .model import load_model
+    from .model_choice import encoder_for
     from .store import EmbeddingStore
     from .widgets import SearchPanel
 
@@ -109,10 +111,8 @@ def panel_from_env(environ: Mapping[str, str] | None = None):
         panel = SearchPanel(None)
         panel.show_error(error)
         return panel
-    meta = store.model_meta
     try:
-        encoder = load_model(env.get(ENV_MODEL) or meta["name"],
-                             env.get(ENV_PRETRAINED) or meta["pretrained"])
+        encoder = encoder_for(store.model_meta, env.get(ENV_MODEL) or None, env.get(ENV_PRETRAINED) or None)
     except ClipWidgetsError as error:
         panel = SearchPanel(store)
         panel.show_error(f"Text search is unavailable: {error}")
@@ -133,7 +133,7 @@ def ensure_store(store: str | os.PathLike[str], *, images_dir: str | os.PathLike
     if store.exists():
         return store
     from .datasets.flickr8k import TOKEN_FILE, download_flickr8k, index_flickr8k
-    from .model import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_model
+    from .model_choice import encoder_for
 
     images_dir = Path(images_dir)
     data_dir = images_dir.parent
@@ -143,7 +143,7 @@ def ensure_store(store: str | os.PathLike[str], *, images_dir: str | os.PathLike
         raise StoreError(f"Store {str(store)!r} does not exist and {str(images_dir)!r} holds no images. "
                          "Put images there (or pass --images DIR) and run the command again, "
                          "or build a store with `clipwidgets index`.")
-    encoder = load_model(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED)
+    encoder = encoder_for(None, model, pretrained)
     store.parent.mkdir(parents=True, exist_ok=True)
     if not has_images:
         print(f"No store at {store} and no images in {images_dir}: downloading Flickr8k into "
@@ -163,7 +163,7 @@ class _Stop(Exception):
     """Raised in the main thread when the app receives SIGTERM."""
 
 
-def _stop_on_sigterm() -> Callable[[], None]:
+def _stop_on_sigterm() -> Callable[[], object]:
     """Turn SIGTERM into `_Stop` (so that Voila and its kernels are stopped too); returns the undo."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None

@@ -32,7 +32,9 @@ from .panel_text import (
 )
 from .panel_view import ALL_LABELS, MIN_SCORE_OFF, PER_PAGE_CHOICES, PanelView
 from .searcher import Searcher
+from .store import EmbeddingStore
 from .thumbnails import ThumbnailCache, disk_cache_dir, placeholder_jpeg
+from .types import EncoderLike, PathLike
 
 __all__ = ["MIN_SCORE_OFF", "PER_PAGE_CHOICES", "CardText", "Request", "SearchPanel", "card_html",
            "failure_text", "page_count", "page_label", "status_text"]
@@ -68,7 +70,8 @@ class SearchPanel(ExploreActions, PanelView):
     `results`, `status`, `error`, `marks` and `results_text()`.
     """
 
-    def __init__(self, store_or_searcher: Any, encoder: Any = None, *, per_page: int = 24,
+    def __init__(self, store_or_searcher: Searcher | EmbeddingStore | PathLike | None,
+                 encoder: EncoderLike | None = None, *, per_page: int = 24,
                  thumbnails: ThumbnailCache | None = None, disk_cache: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.results: list[Any] = []
@@ -150,7 +153,8 @@ class SearchPanel(ExploreActions, PanelView):
         hit = self.results[position]
         self._detail_position = position
         try:
-            path = self.searcher.store.abspath(hit.index)
+            path = self._open_searcher.store.abspath(hit.index)
+            assert self.thumbnails is not None  # set whenever a searcher is
             image = self.thumbnails.get(hit.index, max_side=DETAIL_SIDE)
         except (ClipWidgetsError, OSError) as error:
             image = placeholder_jpeg(DETAIL_SIDE)
@@ -184,23 +188,29 @@ class SearchPanel(ExploreActions, PanelView):
             self._request, self._ranking = request, ranking
         self._render_page(0)
 
+    @property
+    def _open_searcher(self) -> Searcher:
+        """The searcher, for actions that run only once a store is open."""
+        assert self.searcher is not None
+        return self.searcher
+
     def _fetch(self, request: Request, depth: int) -> Any:
         options: dict[str, Any] = {"k": depth, "negative": request.negative, "min_score": request.min_score}
         subset = self._subset(request)
         if subset is not None:
             options["subset"] = subset
         if request.kind == "like" and not (request.positive or request.negative_images):
-            return self.searcher.more_like(request.query, **options)
-        return self.searcher.search(self._query_of(request), positive=request.positive,
+            return self._open_searcher.more_like(request.query, **options)
+        return self._open_searcher.search(self._query_of(request), positive=request.positive,
                                     negative_images=request.negative_images, **options)
 
     def _query_of(self, request: Request) -> Any:
         """What `Searcher.search` ranks by for `request`."""
         if request.kind == "text":
             return request.query
-        embeddings = self.searcher.store.image_embeddings()
+        embeddings = self._open_searcher.store.image_embeddings()
         if request.kind == "like":
-            return embeddings[self.searcher.index_of(request.query)].astype(np.float32)
+            return embeddings[self._open_searcher.index_of(request.query)].astype(np.float32)
         text = self.query_box.value.strip()
         return text if text else embeddings[list(request.query)].astype(np.float32).mean(axis=0)
 
@@ -209,11 +219,11 @@ class SearchPanel(ExploreActions, PanelView):
         if request.kind == "rows":
             if not request.query:
                 raise InvalidInputError("No images chosen: select some points on the map first.")
-            mask = np.zeros(self.searcher.num_images, dtype=bool)
+            mask = np.zeros(self._open_searcher.num_images, dtype=bool)
             mask[list(request.query)] = True
             masks.append(mask)
         if request.label is not None:
-            mask = np.zeros(self.searcher.num_images, dtype=bool)
+            mask = np.zeros(self._open_searcher.num_images, dtype=bool)
             mask[self.labels.rows(request.label)] = True
             masks.append(mask)
         return np.logical_and.reduce(masks) if masks else None
@@ -244,7 +254,8 @@ class SearchPanel(ExploreActions, PanelView):
         else:
             self._guarded(lambda _: self._show(self._new_request(request.kind, request.query)))(change)
 
-def _as_searcher(store_or_searcher: Any, encoder: Any) -> Searcher:
+def _as_searcher(store_or_searcher: Searcher | EmbeddingStore | PathLike | None,
+                 encoder: EncoderLike | None) -> Searcher:
     if isinstance(store_or_searcher, Searcher):
         return store_or_searcher
     if store_or_searcher is None:

@@ -3,8 +3,9 @@
 # a generated collection with Flickr8k's layout, and a store in a temporary folder.
 #
 #   bash scripts/test-notebooks.sh            # check them (what `make test` runs)
-#   bash scripts/test-notebooks.sh --update   # rebuild them from scripts/build_notebooks.py and
-#                                             # refresh their committed outputs in the same mode
+#   bash scripts/test-notebooks.sh --update   # rebuild them from NoteBooks/src/*.py (with
+#                                             # scripts/build_notebooks.py) and refresh their
+#                                             # committed outputs in the same mode
 # Extra arguments go to pytest (e.g. -x, -k 02_search).
 set -euo pipefail
 

@@ -103,21 +103,20 @@ def test_kendall_tau_c_matches_scipy_when_installed():
 
 
 @pytest.fixture
-def hand_store(tmp_path):
-    """Four images along the axes; two captions each; one caption of image 3 points near image 0."""
-    meta = {"name": "hand", "pretrained": "none", "embed_dim": 4}
-    store = EmbeddingStore.create(tmp_path / "hand.h5", meta, tmp_path)
+def hand_store(store_factory):
+    """Four images along the axes; two captions each; one caption of image 3 points near image 0;
+    one free text (a saved query)."""
     names = [f"{i}000_abcdef012{i}.jpg" for i in range(4)]
-    store.add_images(names, np.eye(4, dtype=np.float32), sizes=[1] * 4, mtimes_ns=[1] * 4, widths=[8] * 4,
-                     heights=[8] * 4)
     captions = [np.eye(4)[i // 2] for i in range(6)] + [_unit(0.9, 0, 0, 0.1), np.eye(4)[3]]
-    store.add_texts([f"caption {i}" for i in range(8)], np.stack(captions).astype(np.float32),
-                    image_index=[i // 2 for i in range(8)], sources=[f"flickr8k#{i % 2}" for i in range(8)])
-    store.add_texts(["a saved query"], _unit(0, 0, 0, 1)[None], sources=["query"])
-    store.set_subset("test", names)
-    store.set_subset("train", names[:2])
-    yield store, names
-    store.close()
+    path = store_factory(images=names, vectors=np.eye(4, dtype=np.float32),
+                         meta={"name": "hand", "pretrained": "none", "embed_dim": 4},
+                         texts=[f"caption {i}" for i in range(8)] + ["a saved query"],
+                         text_vectors=np.stack([*captions, _unit(0, 0, 0, 1)]).astype(np.float32),
+                         links=[i // 2 for i in range(8)] + [-1],
+                         sources=[f"flickr8k#{i % 2}" for i in range(8)] + ["query"],
+                         subsets={"test": names, "train": names[:2]})
+    with EmbeddingStore.open(path) as store:
+        yield store, names
 
 
 def test_evaluate_store_on_known_embeddings(hand_store):

@@ -12,10 +12,11 @@ from PIL import Image
 
 from clipwidgets.cli import main
 from clipwidgets.errors import InvalidInputError, StoreError
+from clipwidgets.settings import ENV_MODEL, ENV_STORE
 from clipwidgets.store import EmbeddingStore
 from clipwidgets.synthetic import make_photos
 from clipwidgets.thumbnails import ThumbnailCache, disk_cache_dir, placeholder_jpeg
-from clipwidgets.webapp import ENV_MODEL, ENV_STORE, ensure_store, panel_from_env, serve, voila_command
+from clipwidgets.webapp import ensure_store, panel_from_env, serve, voila_command
 from clipwidgets.widgets import (
     CardText,
     SearchPanel,
@@ -30,25 +31,17 @@ NUM_IMAGES = 30
 STATUS = re.compile(r"^(\d+) results? in \d+ ms")
 
 
-def build_store(folder, encoder, *, count=NUM_IMAGES, meta=None):
-    """A store of `count` generated photos with one caption each, made through the store's own API."""
-    paths = make_photos(folder / "images", count, size=(320, 240))
-    images = [Image.open(path) for path in paths]
-    embeddings = encoder.encode_images(images)
-    store = EmbeddingStore.create(folder / "photos.h5", meta or encoder.meta, folder / "images")
-    stats = [path.stat() for path in paths]
-    store.add_images([path.name for path in paths], embeddings,
-                     sizes=[s.st_size for s in stats], mtimes_ns=[s.st_mtime_ns for s in stats],
-                     widths=[320] * count, heights=[240] * count)
+def build_store(store_factory, folder=None, *, count=NUM_IMAGES, meta=None):
+    """A store of `count` generated photos in `folder`/images with one caption each, open for reading."""
     captions = [f"generated photo number {i} <b>bold</b>" for i in range(count)]
-    store.add_texts(captions, encoder.encode_texts(captions), image_index=list(range(count)))
-    store.close()
-    return EmbeddingStore.open(folder / "photos.h5")
+    path = store_factory(images=count, meta=meta, texts=captions, links=list(range(count)), folder=folder,
+                         name="photos.h5")
+    return EmbeddingStore.open(path)
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_encoder):
-    return build_store(tmp_path_factory.mktemp("panel"), tiny_encoder)
+def store(store_factory):
+    return build_store(store_factory)
 
 
 @pytest.fixture
@@ -211,8 +204,8 @@ def test_disk_cache_serves_a_new_panel_without_decoding(tmp_path, store, tiny_en
         [c.children[0].value for c in second.grid.children]
 
 
-def test_default_disk_cache_lives_next_to_the_store(tmp_path, tiny_encoder):
-    store = build_store(tmp_path, tiny_encoder, count=4)
+def test_default_disk_cache_lives_next_to_the_store(tmp_path, tiny_encoder, store_factory):
+    store = build_store(store_factory, tmp_path, count=4)
     panel = SearchPanel(store, tiny_encoder)
     panel.search("a photo")
     folder = disk_cache_dir(store.path)
@@ -232,8 +225,8 @@ def test_a_page_adds_well_under_a_megabyte_to_a_saved_notebook(store, tiny_encod
     assert image_bytes(panel) < 1_000_000
 
 
-def test_undecodable_original_shows_a_placeholder_and_says_so(tmp_path, tiny_encoder):
-    store = build_store(tmp_path, tiny_encoder, count=12)
+def test_undecodable_original_shows_a_placeholder_and_says_so(tmp_path, tiny_encoder, store_factory):
+    store = build_store(store_factory, tmp_path, count=12)
     (tmp_path / "images" / "photo_00003.jpg").write_bytes(b"this is not a jpeg")
     panel = SearchPanel(store, tiny_encoder, per_page=12, disk_cache=False)
     hits = panel.more_like(3)
@@ -244,8 +237,8 @@ def test_undecodable_original_shows_a_placeholder_and_says_so(tmp_path, tiny_enc
     assert STATUS.match(panel.status)
 
 
-def test_deleted_original_is_reported_with_the_fix(tmp_path, tiny_encoder):
-    store = build_store(tmp_path, tiny_encoder, count=12)
+def test_deleted_original_is_reported_with_the_fix(tmp_path, tiny_encoder, store_factory):
+    store = build_store(store_factory, tmp_path, count=12)
     (tmp_path / "images" / "photo_00005.jpg").unlink()
     panel = SearchPanel(store, tiny_encoder, per_page=12, disk_cache=False)
     panel.more_like(5)
@@ -271,9 +264,9 @@ def test_empty_store_shows_a_message_instead_of_raising(tmp_path, tiny_encoder):
     assert "color" in panel.status_line.value
 
 
-def test_model_mismatch_is_shown_in_the_panel(tmp_path, tiny_encoder):
+def test_model_mismatch_is_shown_in_the_panel(tmp_path, tiny_encoder, store_factory):
     other = {**tiny_encoder.meta, "name": "ViT-B-32-quickgelu", "pretrained": "openai"}
-    store = build_store(tmp_path, tiny_encoder, count=4, meta=other)
+    store = build_store(store_factory, tmp_path, count=4, meta=other)
     panel = SearchPanel(store, tiny_encoder)
     panel.search("a dog")
     assert panel.error and "ViT-B-32-quickgelu" in panel.error and panel.results == []

@@ -19,6 +19,10 @@ from typing import Any
 from ..errors import DatasetError
 from .archives import DISK_FULL
 
+__all__ = [
+    "CHUNK_BYTES", "CONNECT_TIMEOUT_S", "DownloadError", "check_free_space", "download_file", "sha256_of"
+]
+
 CONNECT_TIMEOUT_S = 15.0
 CHUNK_BYTES = 1 << 20
 
@@ -148,7 +152,7 @@ def _append(response: Any, partial: Path, have: int, total: int | None, *, progr
         raise DatasetError(message) from error
 
 
-def _progress_bar(total: int | None, initial: int, name: str, enabled: bool):
+def _progress_bar(total: int | None, initial: int, name: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,

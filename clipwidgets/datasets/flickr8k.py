@@ -23,12 +23,22 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import DatasetError
+from ..settings import DEFAULT_DATA, ENV_FLICKR8K_URL
+from ..types import PathLike, PixelEncoder
 from .archives import Members, extract_all, extracted_bytes, is_extracted, skipped_member, zip_problem
 from .download import DownloadError, check_free_space, download_file, sha256_of
 from .manifest import manifest_problems, read_manifest, summary, write_manifest
 
+__all__ = [
+    "ARCHIVES", "BASE_URL", "CROWDFLOWER_FILE", "CrowdFlowerAnnotation", "EXPERT_FILE",
+    "EXTRACTED_PER_ARCHIVE_BYTE", "ExpertAnnotation", "Flickr8kPaths", "Flickr8kWarning", "IMAGES_ARCHIVE",
+    "IMAGE_COUNT", "IMAGE_FOLDERS", "MANIFEST_FILE", "SOURCE_PREFIX", "SPLIT_FILES", "TEXT_ARCHIVE",
+    "TOKEN_FILE", "archive_urls", "caption_source", "download_flickr8k", "flickr8k_paths",
+    "index_flickr8k", "layout_problems", "load_captions", "load_crowdflower_annotations",
+    "load_expert_annotations", "load_split", "parse_token_file", "split_caption_id"
+]
+
 BASE_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k"
-URL_ENV = "CLIPWIDGETS_FLICKR8K_URL"
 IMAGES_ARCHIVE = "Flickr8k_Dataset.zip"
 TEXT_ARCHIVE = "Flickr8k_text.zip"
 ARCHIVES = (IMAGES_ARCHIVE, TEXT_ARCHIVE)
@@ -79,7 +89,7 @@ class Flickr8kPaths:
         return self.data_dir / MANIFEST_FILE
 
 
-def flickr8k_paths(data_dir: str | os.PathLike[str] = "Data") -> Flickr8kPaths:
+def flickr8k_paths(data_dir: PathLike = DEFAULT_DATA) -> Flickr8kPaths:
     """The file locations inside `data_dir`."""
     return Flickr8kPaths(Path(data_dir))
 
@@ -255,11 +265,11 @@ def _report(path: Path, found: list[str], issues: list[str] | None, *, stackleve
 
 def archive_urls(base_url: str | None = None) -> dict[str, str]:
     """Archive name -> URL; the base is `base_url`, else $CLIPWIDGETS_FLICKR8K_URL, else GitHub."""
-    base = (base_url or os.environ.get(URL_ENV) or BASE_URL).rstrip("/")
+    base = (base_url or os.environ.get(ENV_FLICKR8K_URL) or BASE_URL).rstrip("/")
     return {name: f"{base}/{name}" for name in ARCHIVES}
 
 
-def download_flickr8k(data_dir: str | os.PathLike[str] = "Data", *, base_url: str | None = None,
+def download_flickr8k(data_dir: PathLike = DEFAULT_DATA, *, base_url: str | None = None,
                       from_dir: str | os.PathLike[str] | None = None,
                       checksums: Mapping[str, str] | None = None, expected_images: int | None = IMAGE_COUNT,
                       keep_archives: bool = False, retries: int = 2, progress: bool = True) -> dict[str, Any]:
@@ -350,7 +360,7 @@ def _fetch_archive(urls: dict[str, str], name: str, destination: Path, sha256: s
                            f"{listing}\nthen run `clipwidgets flickr8k download --data-dir "
                            f"{destination.parent} --from-dir FOLDER_WITH_THE_ZIPS` "
                            "(in Python: download_flickr8k(from_dir=...)). "
-                           f"A mirror can be named with ${URL_ENV}.") from error
+                           f"A mirror can be named with ${ENV_FLICKR8K_URL}.") from error
 
 
 def _local_archive(path: Path, sha256: str | None) -> tuple[Path, str]:
@@ -427,7 +437,7 @@ def caption_source(number: int) -> str:
     return f"{SOURCE_PREFIX}{number}"
 
 
-def index_flickr8k(data_dir: str | os.PathLike[str], store_path: str | os.PathLike[str], encoder: Any, *,
+def index_flickr8k(data_dir: PathLike, store_path: PathLike, encoder: PixelEncoder, *,
                    batch_size: int = 32, text_batch_size: int = 256, workers: int | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Index `data_dir`/Images and the captions of every indexed image into the store at `store_path`.

@@ -34,8 +34,10 @@ from .flickr8k import (
     flickr8k_paths,
 )
 
-SHAPES = ("circle", "square", "triangle")
-SPLIT_SHARES = {"train": 0.6, "dev": 0.15, "test": 0.15}  # the rest is in no split, as in the real data
+__all__ = ["make_flickr8k_archives", "make_flickr8k_like"]
+
+_SHAPES = ("circle", "square", "triangle")
+_SPLIT_SHARES = {"train": 0.6, "dev": 0.15, "test": 0.15}  # the rest is in no split, as in the real data
 _TEMPLATES = (
     "A {color} {shape} on a {background} background .",
     "a {color} {shape} in front of {background} .",
@@ -77,7 +79,7 @@ def make_flickr8k_like(data_dir: str | os.PathLike[str], *, n_images: int = 40, 
     for index, scene in enumerate(scenes):
         _draw(scene, size, seed * 1_000_003 + index).save(paths.images / scene.name, "JPEG", quality=90)
     newline = "\r\n" if quirks else "\n"
-    lines = []
+    lines: list[str] = []
     for scene in scenes:
         lines.extend(f"{scene.name}#{n}\t{scene.caption(n)}" for n in range(len(_TEMPLATES)))
         if quirks and scene is scenes[0]:
@@ -86,7 +88,7 @@ def make_flickr8k_like(data_dir: str | os.PathLike[str], *, n_images: int = 40, 
     rng = np.random.default_rng(seed)
     order = [scenes[i] for i in rng.permutation(n_images)]
     splits, start = {}, 0
-    for split, share in SPLIT_SHARES.items():
+    for split, share in _SPLIT_SHARES.items():
         count = max(1, round(share * n_images))
         splits[split] = [scene.name for scene in order[start:start + count]]
         _write_lines(paths.data_dir / SPLIT_FILES[split], splits[split], "\n")
@@ -126,7 +128,7 @@ def _scenes(count: int, seed: int) -> list[_Scene]:
         color, background = rng.choice(len(colors), size=2, replace=False)
         digest = hashlib.sha1(f"{seed}:{index}".encode()).hexdigest()[:10]
         scenes.append(_Scene(name=f"{1_000_268_201 + 7_919 * index + 104_729 * seed}_{digest}.jpg",
-                             color=colors[color], shape=SHAPES[int(rng.integers(len(SHAPES)))],
+                             color=colors[color], shape=_SHAPES[int(rng.integers(len(_SHAPES)))],
                              background=colors[background]))
     return scenes
 

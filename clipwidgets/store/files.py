@@ -28,7 +28,7 @@ from .segments import Segment, map_segment, write_segment
 from .snapshot import Snapshot
 from .texts import write_texts
 
-__all__ = ["commit", "failure_message", "read_store", "remove_unlisted", "without_lost_texts"]
+__all__ = ["commit", "failure_message", "merge", "read_store", "remove_unlisted", "without_lost_texts"]
 
 
 def read_store(path: Path, *, reuse: Mapping[str, Any] | None = None, dropped: list[str] | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["FACTOR", "INLINE_MERGE_BYTES", "plan_merge", "tier"]
+__all__ = ["DEAD_SHARE", "FACTOR", "INLINE_MERGE_BYTES", "plan_merge", "tier"]
 
 FACTOR = 8
 INLINE_MERGE_BYTES = 64 << 20  # a commit merges inline only when the merge reads at most this much

@@ -20,8 +20,8 @@ import numpy as np
 
 from ..errors import StoreError
 
-__all__ = ["COLUMNS", "LAYOUT", "SEGMENT_FORMAT", "Segment", "map_segment", "pack_paths", "path_hashes",
-           "write_segment"]
+__all__ = ["CHUNK_ROWS", "COLUMNS", "LAYOUT", "SEGMENT_FORMAT", "Segment", "map_segment", "pack_paths",
+           "path_hashes", "write_segment"]
 
 SEGMENT_FORMAT = "clipwidgets.segment"
 COLUMNS = {"size": np.int64, "mtime_ns": np.int64, "width": np.int32, "height": np.int32}

@@ -15,7 +15,7 @@ import numpy as np
 
 from .format import STRING
 
-__all__ = ["Texts", "read_strings", "read_texts", "strings", "write_texts"]
+__all__ = ["TEXTS_FORMAT", "Texts", "read_strings", "read_texts", "strings", "write_texts"]
 
 TEXTS_FORMAT = "clipwidgets.texts"
 

@@ -8,25 +8,15 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image
 
 from clipwidgets.cli import main
-from clipwidgets.store import EmbeddingStore
-from clipwidgets.synthetic import make_photos
 
 
 @pytest.fixture(scope="module")
-def cli_store(tmp_path_factory, tiny_encoder):
+def cli_store(store_factory):
     """6 photos embedded by the tiny model, captions for the first two."""
-    folder = tmp_path_factory.mktemp("cli")
-    root = folder / "images"
-    files = make_photos(root, 6)
-    with EmbeddingStore.create(folder / "cli.h5", tiny_encoder.meta, root) as store:
-        store.add_images([f.name for f in files], tiny_encoder.encode_images([Image.open(f) for f in files]),
-                         sizes=[1] * 6, mtimes_ns=[1] * 6, widths=[500] * 6, heights=[375] * 6)
-        texts = ["a red ball", "a green tree", "a blue sky"]
-        store.add_texts(texts, tiny_encoder.encode_texts(texts), image_index=[0, 0, 1], sources=["t"] * 3)
-    return folder / "cli.h5"
+    return store_factory(images=6, photo_size=(500, 375), texts=["a red ball", "a green tree", "a blue sky"],
+                         links=[0, 0, 1], sources=["t"] * 3, name="cli.h5")
 
 
 def run_json(capsys, *argv: str) -> list[dict]:
@@ -101,12 +91,10 @@ def test_undecodable_image_and_missing_store(capsys, cli_store, tmp_path):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_store_of_another_model(capsys, tmp_path, tiny_encoder):
+def test_store_of_another_model(capsys, store_factory, tiny_encoder):
     other = dict(tiny_encoder.meta, name="ViT-B-32-quickgelu", pretrained="openai")
-    with EmbeddingStore.create(tmp_path / "other.h5", other, tmp_path) as store:
-        store.add_images(["a.jpg"], tiny_encoder.encode_texts(["x"]), sizes=[1], mtimes_ns=[1], widths=[1],
-                         heights=[1])
-    assert main(["search", "dog", "--store", str(tmp_path / "other.h5"), "--model", "tiny"]) == 2
+    path = store_factory(images=["a.jpg"], vectors=tiny_encoder.encode_texts(["x"]), meta=other)
+    assert main(["search", "dog", "--store", str(path), "--model", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "ViT-B-32-quickgelu/openai" in err and "tiny" in err
 
