@@ -92,16 +92,17 @@ def explain(searcher: Any, hit: Any, query: Any, *, negative: str | None = None,
     if isinstance(grid, bool) or not isinstance(grid, int) or not 1 <= grid <= 32:
         raise InvalidInputError(f"grid={grid!r}: give the number of cells per side, 1 to 32 (e.g. 6).")
     row = searcher.index_of(getattr(hit, "index", hit))
-    image = searcher.store.image_embeddings()[row].astype(np.float64)
+    image = searcher.store.image_vectors([row])[0].astype(np.float64)
     raw = [(weight, _unit(searcher, value), label) for weight, value, label in _query_parts(query)]
     raw += [(part.weight, _unit(searcher, part.text), part.text) for part in parse_negative(negative)]
     summed = sum((weight * vector for weight, vector, _ in raw), np.zeros(len(image)))
     norm = float(np.linalg.norm(summed))
     if norm < 1e-6:
         raise InvalidInputError("The parts of the query cancel out: there is nothing to explain.")
-    matrix = searcher.store.image_embeddings()
     good, bad = feedback_rows(searcher, positive), feedback_rows(searcher, negative_images)
-    terms = rocchio_parts(summed / norm, matrix[good], matrix[bad], feedback_weights)
+    store = searcher.store
+    terms = rocchio_parts(summed / norm, store.image_vectors(good), store.image_vectors(bad),
+                          feedback_weights)
     total = sum((weight * vector for weight, vector, _ in terms), np.zeros(len(image)))
     outer = float(np.linalg.norm(total))
     parts = []

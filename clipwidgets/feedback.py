@@ -80,8 +80,7 @@ def apply_feedback(searcher: Any, vector: np.ndarray, description: str, positive
     if len(both):
         raise InvalidInputError(f"Images {both.tolist()} are marked both relevant and irrelevant: "
                                 "unmark one of the two.")
-    matrix = searcher.store.image_embeddings()
-    updated = rocchio(vector, matrix[good], matrix[bad], weights)
+    updated = rocchio(vector, searcher.store.image_vectors(good), searcher.store.image_vectors(bad), weights)
     marks = f" [+{len(good)} -{len(bad)} marked]"
     return updated, description + marks
 

@@ -208,11 +208,11 @@ class SearchPanel(ExploreActions, PanelView):
         """What `Searcher.search` ranks by for `request`."""
         if request.kind == "text":
             return request.query
-        embeddings = self._open_searcher.store.image_embeddings()
+        store = self._open_searcher.store
         if request.kind == "like":
-            return embeddings[self._open_searcher.index_of(request.query)].astype(np.float32)
+            return store.image_vectors([self._open_searcher.index_of(request.query)])[0].astype(np.float32)
         text = self.query_box.value.strip()
-        return text if text else embeddings[list(request.query)].astype(np.float32).mean(axis=0)
+        return text if text else store.image_vectors(list(request.query)).astype(np.float32).mean(axis=0)
 
     def _subset(self, request: Request) -> np.ndarray | None:
         masks = []

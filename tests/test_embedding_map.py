@@ -13,8 +13,8 @@ from tests.test_widgets import build_store
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_encoder):
-    built = build_store(tmp_path_factory.mktemp("map"), tiny_encoder, count=30)
+def store(tmp_path_factory, store_factory):
+    built = build_store(store_factory, tmp_path_factory.mktemp("map"), count=30)
     return built
 
 
@@ -61,10 +61,10 @@ def test_map_of_a_store_draws_every_image(store):
     assert np.allclose(view.coords, pca_2d(store.image_embeddings()))
 
 
-def test_colour_by_split_and_cluster(tmp_path, tiny_encoder):
+def test_colour_by_split_and_cluster(tmp_path, store_factory):
     from clipwidgets.store import EmbeddingStore
 
-    built = build_store(tmp_path, tiny_encoder, count=12)
+    built = build_store(store_factory, tmp_path, count=12)
     built.close()
     with EmbeddingStore.open(tmp_path / "photos.h5", "a") as writable:
         writable.set_subset("test", [f"photo_{i:05d}.jpg" for i in range(4)])

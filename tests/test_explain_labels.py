@@ -16,8 +16,8 @@ from tests.test_widgets import build_store
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_encoder):
-    return build_store(tmp_path_factory.mktemp("explain"), tiny_encoder, count=24)
+def store(tmp_path_factory, store_factory):
+    return build_store(store_factory, tmp_path_factory.mktemp("explain"), count=24)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from tests.test_widgets import build_store
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_encoder):
-    return build_store(tmp_path_factory.mktemp("feedback"), tiny_encoder, count=30)
+def store(tmp_path_factory, store_factory):
+    return build_store(store_factory, tmp_path_factory.mktemp("feedback"), count=30)
 
 
 @pytest.fixture

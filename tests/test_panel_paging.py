@@ -13,8 +13,8 @@ from tests.test_widgets import NUM_IMAGES, build_store
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_encoder):
-    return build_store(tmp_path_factory.mktemp("paging"), tiny_encoder, count=NUM_IMAGES)
+def store(tmp_path_factory, store_factory):
+    return build_store(store_factory, tmp_path_factory.mktemp("paging"), count=NUM_IMAGES)
 
 
 @pytest.fixture

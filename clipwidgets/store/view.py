@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,21 @@ class StoreView:
         parts = [s.vectors if not len(snap.layout.dead_local[k]) else s.vectors[snap.live_locals(k)]
                  for k, s in enumerate(snap.segments)]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), self.dtype)
+
+    def image_vectors(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The embeddings of some image rows, (len(rows), D) in the store dtype, read from their
+        segments: what code that needs a few rows (a query image, marked results) uses instead of
+        `image_embeddings()`, which copies every row of a segmented store."""
+        wanted = np.asarray(rows, dtype=np.int64).reshape(-1)
+        bad = wanted[(wanted < 0) | (wanted >= self.num_images)]
+        if len(bad):
+            self._check_row(int(bad[0]))
+        out = np.empty((len(wanted), self.dim), self.dtype)
+        seg, local = self._view.locate_rows(wanted)
+        for k in np.unique(seg).tolist():
+            mine = seg == k
+            out[mine] = self._view.segments[k].vectors[local[mine]]
+        return out
 
     def vector_blocks(self) -> list[VectorBlock]:
         """The image embeddings as blocks for search (see VectorBlock), one per segment, in row order."""
