@@ -69,10 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(import_npy)
     import_npy.set_defaults(run=_run_import_npy)
 
-    app = sub.add_parser("app", help="serve the search page with Voila (http://127.0.0.1:7860)",
-                         description="Serve the SearchPanel as a standalone page. When the store is "
-                         "missing it is built first from --images, or for the default store from "
-                         "the Flickr8k download.")
+    app = sub.add_parser("app", help="serve the search page to a team (http://127.0.0.1:7860)",
+                         description="Serve the SearchPanel from one process: one model and one searcher "
+                         "for every browser session. When the store is missing it is built in the "
+                         "background from --images (for the default store, from the Flickr8k download) "
+                         "and the page opens as soon as the first images are stored.")
     app.add_argument("--store", default="store/flickr8k.h5",
                      help="store file, relative to the current folder (default: store/flickr8k.h5)")
     app.add_argument("--images", default="Data/Images",
@@ -80,8 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--model", help="open_clip model name, or 'tiny' (default: the store's model; "
                      "ViT-B-32-quickgelu when building a store)")
     app.add_argument("--pretrained", help="pretrained tag or checkpoint file (default: the store's)")
-    app.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    app.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; any other "
+                     "address requires a token, generated unless --token gives one)")
     app.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    app.add_argument("--max-sessions", type=int, help="most browser sessions at once; past it a 'busy' "
+                     "page is shown (default: sized to this machine's cores and memory)")
+    app.add_argument("--idle-timeout", type=float, default=600.0, metavar="SECONDS",
+                     help="close a session whose page sent nothing for this long (default: 600)")
+    app.add_argument("--connect-timeout", type=float, default=60.0, metavar="SECONDS",
+                     help="free a page load that never connects, or a disconnected session, after "
+                     "this long (default: 60)")
+    app.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                     help="also accept this Host name (e.g. the name a reverse proxy or DNS gives the "
+                     "server); repeatable")
+    app.add_argument("--token", help="require this token (as ?token=... in the address); generated and "
+                     "printed when --host is not a loopback address")
     app.set_defaults(run=_run_app)
 
     index = sub.add_parser("index", help="embed the images of a folder into a store (incremental)",
@@ -162,11 +176,14 @@ def _run_import_npy(args: argparse.Namespace) -> int:
 
 
 def _run_app(args: argparse.Namespace) -> int:
-    from .webapp import DEFAULT_STORE, ensure_store, serve
+    from .app.config import AppConfig
+    from .webapp import DEFAULT_STORE, run_app
 
-    store = ensure_store(args.store, images_dir=args.images, model=args.model, pretrained=args.pretrained,
-                         allow_download=Path(args.store) == DEFAULT_STORE)
-    return serve(store, model=args.model, pretrained=args.pretrained, host=args.host, port=args.port)
+    config = AppConfig(host=args.host, port=args.port, max_sessions=args.max_sessions,
+                       idle_timeout=args.idle_timeout, connect_timeout=args.connect_timeout,
+                       allow_hosts=tuple(args.allow_host), token=args.token or None)
+    return run_app(args.store, config, images_dir=args.images, model=args.model, pretrained=args.pretrained,
+                   allow_download=Path(args.store) == DEFAULT_STORE)
 
 
 def _add_flickr8k_parsers(sub: Any) -> None:

@@ -1,0 +1,132 @@
+"""What every session of the app shares: one encoder, one read-only searcher, one thumbnail cache.
+
+Sessions call into them from their own threads, so the searcher and the thumbnail cache serialise
+their calls with a lock (on two cores, running queries one at a time also keeps each one fast). A
+refresher thread reloads the searcher when the store changes, so results grow while a background
+build commits. `SharedSearch.new_view()` makes one session's widgets: the same `SearchPanel` as in
+notebooks, below a line that reports the indexing progress while a build runs.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..bootstrap import BackgroundBuild
+from ..errors import ClipWidgetsError
+from ..searcher import Searcher
+from ..store import EmbeddingStore
+from ..thumbnails import ThumbnailCache, disk_cache_dir
+from ..widgets import SearchPanel
+
+__all__ = ["LockedSearcher", "LockedThumbnails", "SharedSearch", "progress_text"]
+
+_log = logging.getLogger(__name__)
+
+
+class LockedSearcher(Searcher):
+    """A Searcher whose queries and reloads run one at a time, so threads can share it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.lock = threading.RLock()
+        super().__init__(*args, **kwargs)
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return super().search(*args, **kwargs)
+
+    def more_like(self, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return super().more_like(*args, **kwargs)
+
+    def refresh(self) -> bool:
+        with self.lock:
+            return super().refresh()
+
+
+class LockedThumbnails(ThumbnailCache):
+    """A ThumbnailCache that threads can share (one memory LRU for every session)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def get(self, *args: Any, **kwargs: Any) -> bytes:
+        with self.lock:
+            return super().get(*args, **kwargs)
+
+
+def progress_text(indexed: int, total: int, *, done: bool, error: BaseException | None) -> str:
+    """The build's status line: 'Indexing: 1,200 of 8,091 images indexed; results grow as it goes.'"""
+    if error is not None:
+        return f"Indexing stopped at {indexed:,} of {total:,} images: {error}"
+    if done:
+        return f"Indexing finished: {indexed:,} images."
+    return f"Indexing in the background: indexed {indexed:,} of {total:,} images; results grow as it goes."
+
+
+class SharedSearch:
+    """The searcher, thumbnails and build progress that all sessions of one server use."""
+
+    def __init__(self, store: str | Path, encoder: Any = None, *, build: BackgroundBuild | None = None,
+                 refresh_s: float = 2.0, per_page: int = 24) -> None:
+        self.store = EmbeddingStore.open(store)
+        self.searcher = LockedSearcher(self.store, encoder)
+        self.thumbnails = LockedThumbnails(self.store, disk_dir=disk_cache_dir(self.store.path))
+        self.build = build
+        self.per_page = per_page
+        self.refresh_s = refresh_s
+        self._stop = threading.Event()
+        self._refresher = threading.Thread(target=self._refresh_loop, name="clipwidgets-refresh", daemon=True)
+        self._refresher.start()
+
+    def progress(self) -> str | None:
+        """The build's status line, or None when no build ran in this server."""
+        build = self.build
+        if build is None:
+            return None
+        return progress_text(self.searcher.num_images, build.total, done=build.done.is_set(),
+                             error=build.error)
+
+    def new_view(self, *, on_close: Callable[[], None] | None = None) -> widgets.VBox:
+        """One session's widgets: the progress line (while a build runs) above a new SearchPanel."""
+        panel = SearchPanel(self.searcher, thumbnails=self.thumbnails, per_page=self.per_page)
+        line = widgets.HTML()
+        line.add_class("clipwidgets-progress")
+        view = widgets.VBox([line, panel])
+        view.panel = panel  # type: ignore[attr-defined]
+        view.progress_line = line  # type: ignore[attr-defined]
+        self.show_progress(view)
+        return view
+
+    def show_progress(self, view: widgets.VBox) -> None:
+        """Update a view's progress line (hidden when no build ran)."""
+        text = self.progress()
+        line = view.progress_line  # type: ignore[attr-defined]
+        value = "" if text is None else f"<i>{html.escape(text)}</i>"
+        if line.value != value:
+            line.value = value
+
+    def building(self) -> bool:
+        """True while a background build is still running."""
+        return self.build is not None and not self.build.done.is_set()
+
+    def close(self) -> None:
+        """Stop the refresher and close the store."""
+        self._stop.set()
+        self._refresher.join(timeout=5)
+        self.searcher.close()
+        self.store.close()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self.searcher.refresh()
+            except (ClipWidgetsError, OSError) as error:  # a store being replaced: try again later
+                _log.warning("could not reload the store: %s", error)
