@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, fmt, format_table, machine_info, print_table, write_json
 
-BENCHMARKS = ("model", "indexing", "search", "store", "panel", "memory")
+BENCHMARKS = ("model", "indexing", "search", "store", "panel", "memory", "app")
 TIMEOUT_S = {True: 240, False: 3600}  # per benchmark, by quick
 
 
@@ -65,6 +65,14 @@ TARGETS = (
     Target("panel", "page of 24, warm thumbnails, ipykernel", "kernel_warm_ms", 100, False, "ms"),
     Target("memory", "search notebook kernel, peak RSS, fp32", "fp32_rss_mb", 1.5 * GB, False, "MiB"),
     Target("memory", "search notebook kernel, peak RSS, bf16", "bf16_rss_mb", 1.5 * GB, False, "MiB"),
+    Target("app", "total memory, 20 open sessions", "sessions_20_mb", 3 * GB, False, "MiB"),
+    Target("app", "100 page loads that never connect, then 60 s idle", "after_100_page_loads_and_idle_mb",
+           3 * GB, False, "MiB"),
+    Target("app", "page load to a usable panel (warm browser, median)", "page_load_warm_median_s",
+           1.5, False, "s"),
+    Target("app", "query -> 24 results, p95, 20 sessions at 1 query/s", "query_p95_ms", 300, False, "ms"),
+    Target("app", "store missing (8,091 images): model loaded -> first results",
+           "first_minute_after_model_s", 30, False, "s"),
 )
 
 

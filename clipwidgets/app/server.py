@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,7 @@ _SOLARA_ENV = {
     "SOLARA_THEME_TITLE": "clipwidgets",
     "SOLARA_THEME_LOADER": "plain",
     "SOLARA_SERVER_HTTP_GZIP": "True",
+    "SOLARA_SERVER_SYNC_WS_WRITE": "True",
 }
 
 
@@ -45,6 +47,9 @@ def configure_solara(config: AppConfig) -> Path:
     settings.telemetry.mixpanel_enable = False
     settings.theme.show_banner = False
     settings.theme.title = "clipwidgets"
+    # Widget messages are written to the socket by the session's own thread instead of one event-loop
+    # task each: a page of 24 results is ~50 messages. Needs uvicorn's "websockets" protocol.
+    settings.server.sync_ws_write = True
     # A session whose page disconnected keeps its kernel this long for a reconnect, then is freed.
     settings.kernel.cull_timeout = f"{config.connect_timeout:g}s"
     import solara.settings
@@ -122,8 +127,11 @@ class AppServer:
         """Serve until SIGINT/SIGTERM or `stop()`; calls `on_ready(url)` once connections are accepted."""
         import uvicorn
 
+        warnings.filterwarnings("ignore", message="The `websockets` implementation is deprecated",
+                                category=UserWarning)
+
         uv_config = uvicorn.Config(self.asgi, log_level="warning", access_log=False, lifespan="on",
-                                   ws="websockets-sansio", ws_max_size=self.config.max_message_bytes,
+                                   ws="websockets", ws_max_size=self.config.max_message_bytes,
                                    ws_ping_interval=20.0, ws_ping_timeout=20.0, timeout_graceful_shutdown=3,
                                    proxy_headers=False, server_header=False, loop="asyncio")
         self._server = server = uvicorn.Server(uv_config)
