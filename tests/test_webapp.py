@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 
+import numpy as np
 import psutil
 import pytest
 from apphelpers import AppProcess, free_port, listening, make_store
@@ -27,6 +28,7 @@ from clipwidgets.app.config import AppConfig, default_max_sessions, is_loopback
 from clipwidgets.app.frames import frame_problem
 from clipwidgets.app.guard import host_name
 from clipwidgets.app.sessions import Sessions
+from clipwidgets.app.shared import BatchedTexts, SharedSearch, progress_text
 from clipwidgets.bootstrap import BackgroundBuild, ensure_store
 from clipwidgets.cli import main
 from clipwidgets.errors import InvalidInputError, StoreError
@@ -137,6 +139,67 @@ def test_sessions_whose_kernel_ended_are_forgotten():
     del contexts["a"]  # Solara freed it (tab closed, or no reconnect within the grace time)
     sessions.reap()
     assert sessions.live == 0 and sessions.admit_page()
+
+
+# ---- the shared searcher: queries of many sessions, text encodings batched ------------------------
+
+class CountingEncoder:
+    """The tiny encoder, counting its text batches and slowed down so that requests pile up."""
+
+    def __init__(self, encoder):
+        self.encoder, self.batches, self.meta = encoder, [], encoder.meta
+
+    def encode_texts(self, texts):
+        self.batches.append(list(texts))
+        time.sleep(0.2)
+        return self.encoder.encode_texts(texts)
+
+
+def test_text_encodings_of_concurrent_queries_share_batches(tiny_encoder):
+    counting = CountingEncoder(tiny_encoder)
+    batched = BatchedTexts(counting)
+    texts = [f"a photo of thing {number}" for number in range(8)]
+    results = {}
+
+    def encode(text):
+        results[text] = batched.encode_texts([text])[0]
+
+    threads = [threading.Thread(target=encode, args=(text,)) for text in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(len(batch) for batch in counting.batches) == 8 and len(counting.batches) < 8
+    for text in texts:
+        np.testing.assert_allclose(results[text], tiny_encoder.encode_texts([text])[0], rtol=1e-5, atol=1e-6)
+    calls = len(counting.batches)
+    batched.encode_texts(texts[:3])  # remembered: no model call
+    assert len(counting.batches) == calls
+
+
+def test_the_shared_searcher_answers_like_a_plain_one(store_dir, tiny_encoder):
+    from clipwidgets.searcher import Searcher
+
+    shared = SharedSearch(store_dir / "photos.h5", tiny_encoder)
+    try:
+        with Searcher(store_dir / "photos.h5", tiny_encoder) as plain:
+            for query, negative in [("a red ball", None), ("2:beach + sunset - people", "grass")]:
+                got = shared.searcher.search(query, k=10, negative=negative)
+                want = plain.search(query, k=10, negative=negative)
+                assert [hit.path for hit in got] == [hit.path for hit in want]
+            assert [h.path for h in shared.searcher.more_like(0, k=5, negative="sky")] == \
+                [h.path for h in plain.more_like(0, k=5, negative="sky")]
+        view = shared.new_view()
+        assert view.panel.search("a photo") and view.progress_line.value == ""  # no build: no line
+    finally:
+        shared.close()
+
+
+def test_progress_line():
+    assert progress_text(1200, 8091, done=False, error=None) == (
+        "Indexing in the background: indexed 1,200 of 8,091 images; results grow as it goes.")
+    assert "finished" in progress_text(8091, 8091, done=True, error=None)
+    assert "stopped at 10 of 20" in progress_text(10, 20, done=True, error=OSError("disk full"))
 
 
 # ---- settings ----------------------------------------------------------------------------------
@@ -445,6 +508,11 @@ def test_idle_sessions_are_closed(small_app):
     assert ws_status(kernel_url(small_app.url, session.kernel_id, page_id="p")) in (101, 403)
 
 
+def indexed_count(line: str) -> int:
+    """1200 from 'Indexing in the background: indexed 1,200 of 8,091 images; ...'."""
+    return int(line.split("indexed ", 1)[1].split()[0].replace(",", ""))
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
@@ -460,8 +528,15 @@ def test_sigkill_leaves_no_process_and_frees_the_port(tmp_path, when):
             session.open()
             children = descendants(app.process.pid)
             assert children == []  # one process: nothing to orphan
-            if when == "indexing":
-                assert "Indexing in the background" in (session.text_of("Indexing") or "")
+            if when == "indexing":  # the progress line counts up while results grow
+                before = session.text_of("Indexing in the background")
+                session.search("a photo")
+                first = int(session.status().split()[0])
+                session.listen(4)
+                after = session.text_of("Indexing")
+                assert before and after and indexed_count(after) > indexed_count(before), (before, after)
+                session.search("a photo")
+                assert int(session.status().split()[0]) > first
             os.kill(app.process.pid, signal.SIGKILL)
             app.process.wait(timeout=30)
         deadline = time.monotonic() + 10

@@ -149,6 +149,13 @@ class AppSession:
                 return _strip_tags(value)
         return None
 
+    def listen(self, seconds: float) -> None:
+        """Take in what the server sends for `seconds` (e.g. progress updates), without acting."""
+        deadline = time.perf_counter() + seconds
+        with contextlib.suppress(TimeoutError):
+            while True:
+                self._receive(deadline)
+
     # ---- protocol --------------------------------------------------------------------------------
 
     def _find(self, placeholder: str) -> str:

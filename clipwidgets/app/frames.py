@@ -27,13 +27,12 @@ def frame_problem(frame: str | bytes | None, *, max_bytes: int) -> str | None:
         return "empty frame"
     if len(frame) > max_bytes:
         return f"frame of {len(frame)} bytes exceeds the limit of {max_bytes}"
+    text: str | bytes = frame
     if isinstance(frame, bytes):
         parsed = _binary_json(frame)
         if isinstance(parsed, str):
             return parsed
         text = parsed
-    else:
-        text = frame
     try:
         message = json.loads(text)
     except (ValueError, RecursionError):

@@ -17,6 +17,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import ClipWidgetsError, InvalidInputError
 from .config import AppConfig
@@ -120,7 +121,7 @@ class AppServer:
         self.sessions = Sessions(config.session_limit, idle_timeout=config.idle_timeout,
                                  connect_timeout=config.connect_timeout)
         self.asgi = Guard(solara_starlette.app, config, self.sessions, cdn_dir=cdn)
-        self._server = None
+        self._server: Any = None
         self._stop = threading.Event()
 
     def run(self, *, on_ready: Callable[[str], None] | None = None) -> None:

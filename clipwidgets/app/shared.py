@@ -1,7 +1,8 @@
 """What every session of the app shares: one encoder, one read-only searcher, one thumbnail cache.
 
 Sessions call into them from their own threads, so the searcher and the thumbnail cache serialise
-their calls with a lock (on two cores, running queries one at a time also keeps each one fast). A
+their calls with a lock (on two cores, running queries one at a time also keeps each one fast);
+the text encodings that queries need are made before the lock, in batches across sessions. A
 refresher thread reloads the searcher when the store changes, so results grow while a background
 build commits. `SharedSearch.new_view()` makes one session's widgets: the same `SearchPanel` as in
 notebooks, below a line that reports the indexing progress while a build runs.
@@ -9,41 +10,121 @@ notebooks, below a line that reports the indexing progress while a build runs.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
+import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
+import numpy as np
 
 from ..bootstrap import BackgroundBuild
 from ..errors import ClipWidgetsError
+from ..query import parse_negative, parse_query
 from ..searcher import Searcher
 from ..store import EmbeddingStore
 from ..thumbnails import ThumbnailCache, disk_cache_dir
 from ..widgets import SearchPanel
 
-__all__ = ["LockedSearcher", "LockedThumbnails", "SharedSearch", "progress_text"]
+__all__ = ["BatchedTexts", "LockedSearcher", "LockedThumbnails", "SharedSearch", "progress_text"]
 
 _log = logging.getLogger(__name__)
 
 
+class BatchedTexts:
+    """An encoder whose text encodings, asked for at the same time by several sessions, run as one batch.
+
+    On a CPU, a batch of texts costs far less than the same texts one by one, so under load the
+    queries of many sessions share one model call. `prefetch(texts)` waits for their encodings (made
+    by the batch thread); `encode_texts` then answers from the remembered vectors. Everything else
+    is the wrapped encoder's.
+    """
+
+    def __init__(self, encoder: Any, *, max_batch: int = 32, remember: int = 1024) -> None:
+        self.encoder = encoder
+        self.max_batch = max_batch
+        self.remember = remember
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self._requests: queue.SimpleQueue[tuple[list[str], Future]] = queue.SimpleQueue()
+        threading.Thread(target=self._batch_loop, name="clipwidgets-texts", daemon=True).start()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.encoder, name)
+
+    def prefetch(self, texts: list[str]) -> None:
+        """Encode the `texts` not remembered yet, in a batch with other sessions' texts."""
+        with self._lock:
+            missing = [text for text in dict.fromkeys(texts) if text not in self._vectors]
+        if missing:
+            done: Future = Future()
+            self._requests.put((missing, done))
+            done.result()
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        self.prefetch(list(texts))
+        with self._lock:
+            found = [self._vectors.get(text) for text in texts]
+        if any(vector is None for vector in found):  # forgotten meanwhile: encode directly
+            return self.encoder.encode_texts(list(texts))
+        return np.stack(found)  # type: ignore[arg-type]
+
+    def _batch_loop(self) -> None:
+        while True:
+            batch = [self._requests.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._requests.get_nowait())
+                except queue.Empty:
+                    break
+            texts = list(dict.fromkeys(text for wanted, _ in batch for text in wanted))
+            try:
+                vectors = self.encoder.encode_texts(texts)
+            except BaseException as error:  # the sessions that asked get the error
+                for _, done in batch:
+                    done.set_exception(error)
+                continue
+            with self._lock:
+                for text, vector in zip(texts, vectors, strict=True):
+                    self._vectors[text] = vector
+                    self._vectors.move_to_end(text)
+                while len(self._vectors) > self.remember:
+                    self._vectors.popitem(last=False)
+            for _, done in batch:
+                done.set_result(None)
+
+
 class LockedSearcher(Searcher):
-    """A Searcher whose queries and reloads run one at a time, so threads can share it."""
+    """A Searcher whose queries and reloads run one at a time, so threads can share it. The texts a
+    query needs are encoded before taking the lock, batched with other sessions' (`BatchedTexts`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.lock = threading.RLock()
         super().__init__(*args, **kwargs)
 
-    def search(self, *args: Any, **kwargs: Any) -> Any:
+    def search(self, query: Any, *args: Any, negative: str | None = None, **kwargs: Any) -> Any:
+        self._prefetch(query, negative)
         with self.lock:
-            return super().search(*args, **kwargs)
+            return super().search(query, *args, negative=negative, **kwargs)
 
-    def more_like(self, *args: Any, **kwargs: Any) -> Any:
+    def more_like(self, *args: Any, negative: str | None = None, **kwargs: Any) -> Any:
+        self._prefetch(None, negative)
         with self.lock:
-            return super().more_like(*args, **kwargs)
+            return super().more_like(*args, negative=negative, **kwargs)
+
+    def _prefetch(self, query: Any, negative: str | None) -> None:
+        prefetch = getattr(self.encoder, "prefetch", None)
+        if prefetch is None:
+            return
+        with contextlib.suppress(Exception):  # a bad query or model: the search itself reports it
+            texts = [part.text for part in parse_query(query)] if isinstance(query, str) else []
+            prefetch(texts + [part.text for part in parse_negative(negative)])
 
     def refresh(self) -> bool:
         with self.lock:
@@ -77,7 +158,7 @@ class SharedSearch:
     def __init__(self, store: str | Path, encoder: Any = None, *, build: BackgroundBuild | None = None,
                  refresh_s: float = 2.0, per_page: int = 24) -> None:
         self.store = EmbeddingStore.open(store)
-        self.searcher = LockedSearcher(self.store, encoder)
+        self.searcher = LockedSearcher(self.store, None if encoder is None else BatchedTexts(encoder))
         self.thumbnails = LockedThumbnails(self.store, disk_dir=disk_cache_dir(self.store.path))
         self.build = build
         self.per_page = per_page
