@@ -184,6 +184,20 @@ def query_load(sessions: list[Any], seconds: float) -> list[float]:
     return latencies
 
 
+def text_encode_ms(quick: bool) -> float:
+    """The model alone: median ms to encode one new text query in this process, at the machine's
+    current load (context for the query latency: every query of the load test encodes a new text)."""
+    from benchmarks.common import benchmark_encoder
+
+    encoder = benchmark_encoder("fp32", quick=quick)
+    times = []
+    for number in range(7):
+        started = time.perf_counter()
+        encoder.encode_texts([f"query {number}: a dog on a beach at dusk"])
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times[1:])
+
+
 def browser_page_loads(url: str, warm_loads: int) -> dict[str, float] | None:
     """Seconds from navigation to a usable panel (query box visible): a fresh profile, then warm."""
     if not CHROMIUM.exists():
@@ -224,6 +238,7 @@ def run(quick: bool) -> dict[str, Any]:
             sessions, opened = open_sessions(app.url, SESSIONS)
             figures["sessions_20_mb"] = app.memory_mb()
             figures["session_open_median_s"] = statistics.median(opened)
+            figures["text_encode_alone_median_ms"] = text_encode_ms(quick)
             latencies = sorted(query_load(sessions, 8 if quick else 60))
             figures["queries"] = len(latencies)
             figures["query_median_ms"] = 1000 * statistics.median(latencies)

@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import StoreError
 
-__all__ = ["BackgroundBuild", "build_store", "count_images", "ensure_images", "ensure_store"]
+__all__ = ["BackgroundBuild", "build_store", "count_images", "ensure_images", "ensure_store", "unindexed"]
 
 
 def count_images(folder: str | os.PathLike[str]) -> int:
@@ -25,6 +25,21 @@ def count_images(folder: str | os.PathLike[str]) -> int:
 
     folder = Path(folder)
     return len(scan_images(folder)) if folder.is_dir() else 0
+
+
+def unindexed(store: str | os.PathLike[str], images_dir: str | os.PathLike[str]) -> int:
+    """How many images of `images_dir` the store at `store` still lacks (new or changed files); 0 when
+    the store indexes another folder. A build stopped half-way resumes from this."""
+    from .indexing import plan_run
+    from .store import EmbeddingStore
+
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        return 0
+    with EmbeddingStore.open(store) as opened:
+        if opened.image_root.resolve() != images_dir.resolve():
+            return 0
+        return len(plan_run(images_dir, opened, prune=False).todo)
 
 
 def ensure_images(store: str | os.PathLike[str], images_dir: str | os.PathLike[str], *,

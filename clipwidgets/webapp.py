@@ -49,26 +49,33 @@ def run_app(store: str | os.PathLike[str], config: AppConfig, *,
     """
     from .app.server import AppServer, bind_socket
     from .app.shared import SharedSearch
-    from .bootstrap import BackgroundBuild, ensure_images
+    from .bootstrap import BackgroundBuild, ensure_images, unindexed
 
     config = with_token(config)
     sock = bind_socket(config.host, config.port)
     try:
         store = Path(store)
         build = None
-        if not store.is_file():
+        missing = not store.is_file()
+        if missing:
             images_dir = ensure_images(store, images_dir, allow_download=allow_download)
+        left = 0 if missing else unindexed(store, images_dir)  # a build stopped half-way resumes
         encoder = load_app_encoder(store, model=model, pretrained=pretrained)
-        if not store.is_file():
+        if missing or left:
             build = BackgroundBuild(store, encoder, images_dir).start()
-            print(f"No store at {store}: indexing the {build.total:,} images in {images_dir} in the "
+            what = "No store" if missing else f"{left:,} images not indexed yet"
+            print(f"{what} at {store}: indexing the {build.total:,} images in {images_dir} in the "
                   "background; the page opens as soon as the first ones are stored.", flush=True)
             if not build.wait_first_commit(FIRST_COMMIT_TIMEOUT_S):
                 why = f": {build.error}" if build.error else f" within {FIRST_COMMIT_TIMEOUT_S:.0f} s"
                 raise StoreError(f"Indexing {images_dir} stored no image{why}. Check that the folder "
                                  "holds readable images.")
         shared = SharedSearch(store, encoder, build=build)
-        server = AppServer(shared, config, sock=sock)
+        try:
+            server = AppServer(shared, config, sock=sock)
+        except BaseException:
+            shared.close()
+            raise
     except BaseException:
         sock.close()
         raise

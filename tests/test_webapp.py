@@ -29,7 +29,7 @@ from clipwidgets.app.frames import frame_problem
 from clipwidgets.app.guard import host_name
 from clipwidgets.app.sessions import Sessions
 from clipwidgets.app.shared import BatchedTexts, SharedSearch, progress_text
-from clipwidgets.bootstrap import BackgroundBuild, ensure_store
+from clipwidgets.bootstrap import BackgroundBuild, ensure_store, unindexed
 from clipwidgets.cli import main
 from clipwidgets.errors import InvalidInputError, StoreError
 from clipwidgets.store import EmbeddingStore
@@ -245,6 +245,21 @@ def test_ensure_store_without_images_names_the_fix(tmp_path, tiny_encoder):
     with pytest.raises(StoreError, match="holds no images"):
         ensure_store(tmp_path / "s.h5", tiny_encoder, tmp_path / "empty")
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_a_build_stopped_half_way_is_found_and_resumed(tmp_path, tiny_encoder):
+    from clipwidgets.indexing import index_images
+
+    make_photos(tmp_path / "images", 12, size=(64, 48))
+    make_photos(tmp_path / "later", 3, size=(64, 48), prefix="later")
+    index_images(tmp_path / "images", tmp_path / "s.h5", tiny_encoder, workers=0, progress=False)
+    assert unindexed(tmp_path / "s.h5", tmp_path / "images") == 0
+    for path in (tmp_path / "later").iterdir():
+        path.rename(tmp_path / "images" / path.name)
+    assert unindexed(tmp_path / "s.h5", tmp_path / "images") == 3
+    assert unindexed(tmp_path / "s.h5", tmp_path / "elsewhere") == 0  # not the store's folder: untouched
+    build = BackgroundBuild(tmp_path / "s.h5", tiny_encoder, tmp_path / "images").start()
+    assert build.done.wait(120) and build.error is None and build.indexed() == 15
 
 
 def test_background_build_serves_the_first_commit_then_finishes(tmp_path, tiny_encoder):
@@ -521,21 +536,24 @@ def descendants(pid: int) -> list[psutil.Process]:
 def test_sigkill_leaves_no_process_and_frees_the_port(tmp_path, when):
     """`kill -9 clipwidgets app` while serving (and while it indexes a missing store in the
     background): nothing it started survives and the port is free again."""
-    make_photos(tmp_path / "images", 2000 if when == "indexing" else 20, size=(160, 120))
+    sources = make_photos(tmp_path / "unique", 50, size=(320, 240))
+    (tmp_path / "images").mkdir()
+    for number in range(6000 if when == "indexing" else 20):  # many files, made fast: hard links
+        os.link(sources[number % len(sources)], tmp_path / "images" / f"photo_{number:05d}.jpg")
     app = AppProcess(tmp_path, "--store", "new.h5", "--images", "images", name=when).wait_ready()
     try:
         with AppSession(app.url) as session:
             session.open()
             children = descendants(app.process.pid)
             assert children == []  # one process: nothing to orphan
-            if when == "indexing":  # the progress line counts up while results grow
-                before = session.text_of("Indexing in the background")
+            if when == "indexing":  # the progress line counts up, and searches see the new rows
                 session.search("a photo")
                 first = int(session.status().split()[0])
-                session.listen(4)
-                after = session.text_of("Indexing")
-                assert before and after and indexed_count(after) > indexed_count(before), (before, after)
-                session.search("a photo")
+                deadline = time.monotonic() + 60
+                while indexed_count(session.text_of("Indexing in the background") or "indexed 0 ") <= first:
+                    assert time.monotonic() < deadline, session.text_of("Indexing")
+                    session.listen(1)
+                session.search("another photo")  # a new text: the same one would not search again
                 assert int(session.status().split()[0]) > first
             os.kill(app.process.pid, signal.SIGKILL)
             app.process.wait(timeout=30)
