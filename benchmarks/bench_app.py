@@ -11,6 +11,8 @@ the page-load time. Phases:
 3. the 20 sessions each send a new text query once a second: query -> 24 results latency, p95;
 4. page load to a usable panel in Chromium (a fresh browser profile, then warm loads);
 5. 100 page loads that never connect, then 60 s idle: memory again.
+
+--quick: the tiny model, 200 photos, 5 s of queries, 2 s idle (about 1.5 minutes, two app starts).
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def first_minute(work: Path, quick: bool) -> tuple[dict[str, Any], Path]:
     """Missing store: seconds from the model loaded to the first results; returns figures and the store."""
     from clipwidgets.app.client import AppSession
 
-    count = 600 if quick else FIRST_MINUTE_IMAGES
+    count = 200 if quick else FIRST_MINUTE_IMAGES
     images = photo_folder(count)
     store = work / "first.h5"
     app = App(work, ["--store", str(store), "--images", str(images), *model_args(quick)], "first")
@@ -239,13 +241,13 @@ def run(quick: bool) -> dict[str, Any]:
             figures["sessions_20_mb"] = app.memory_mb()
             figures["session_open_median_s"] = statistics.median(opened)
             figures["text_encode_alone_median_ms"] = text_encode_ms(quick)
-            latencies = sorted(query_load(sessions, 8 if quick else 60))
+            latencies = sorted(query_load(sessions, 5 if quick else 60))
             figures["queries"] = len(latencies)
             figures["query_median_ms"] = 1000 * statistics.median(latencies)
             figures["query_p95_ms"] = 1000 * latencies[int(0.95 * (len(latencies) - 1))]
             figures["query_max_ms"] = 1000 * latencies[-1]
             figures["sessions_20_after_queries_mb"] = app.memory_mb()
-            loads = browser_page_loads(app.url, 3 if quick else 10)
+            loads = browser_page_loads(app.url, 2 if quick else 10)
             if loads is not None:
                 figures.update(loads)
             for session in sessions:
@@ -254,7 +256,7 @@ def run(quick: bool) -> dict[str, Any]:
                 with urllib.request.urlopen(app.url, timeout=60) as response:
                     response.read()
             figures["after_100_page_loads_mb"] = app.memory_mb()
-            time.sleep(5 if quick else 60)
+            time.sleep(2 if quick else 60)
             figures["after_100_page_loads_and_idle_mb"] = app.memory_mb()
         finally:
             app.stop()

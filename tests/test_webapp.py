@@ -31,7 +31,7 @@ from clipwidgets.app.sessions import Sessions
 from clipwidgets.app.shared import BatchedTexts, SharedSearch, progress_text
 from clipwidgets.bootstrap import BackgroundBuild, ensure_store, unindexed
 from clipwidgets.cli import main
-from clipwidgets.errors import InvalidInputError, StoreError
+from clipwidgets.errors import ClipWidgetsError, InvalidInputError, StoreError
 from clipwidgets.store import EmbeddingStore
 from clipwidgets.synthetic import make_photos
 from clipwidgets.webapp import with_token
@@ -193,6 +193,14 @@ def test_the_shared_searcher_answers_like_a_plain_one(store_dir, tiny_encoder):
         assert view.panel.search("a photo") and view.progress_line.value == ""  # no build: no line
     finally:
         shared.close()
+
+
+def test_a_model_other_than_the_stores_is_refused_at_start(store_dir, tiny_encoder):
+    class Other:
+        meta = {**tiny_encoder.meta, "name": "ViT-L-14", "embed_dim": 768}
+
+    with pytest.raises(ClipWidgetsError):
+        SharedSearch(store_dir / "photos.h5", Other())
 
 
 def test_progress_line():

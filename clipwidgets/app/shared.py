@@ -158,7 +158,11 @@ class SharedSearch:
     def __init__(self, store: str | Path, encoder: Any = None, *, build: BackgroundBuild | None = None,
                  refresh_s: float = 2.0, per_page: int = 24) -> None:
         self.store = EmbeddingStore.open(store)
-        self.searcher = LockedSearcher(self.store, None if encoder is None else BatchedTexts(encoder))
+        try:
+            self.searcher = LockedSearcher(self.store, None if encoder is None else BatchedTexts(encoder))
+        except BaseException:
+            self.store.close()
+            raise
         self.thumbnails = LockedThumbnails(self.store, disk_dir=disk_cache_dir(self.store.path))
         self.build = build
         self.per_page = per_page
