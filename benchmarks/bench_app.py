@@ -41,6 +41,14 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
+def die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when its parent dies (PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 class App:
     """`clipwidgets app ...` in its own process group, its output in `log`."""
 
@@ -54,7 +62,7 @@ class App:
         self.started = time.perf_counter()
         with self.log.open("w") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=die_with_parent)
 
     def wait_for(self, text: str, timeout: float = 900) -> float:
         """Seconds since start when `text` appeared in the app's output."""

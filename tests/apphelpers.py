@@ -37,8 +37,16 @@ def make_store(folder: Path, encoder, count: int = 30) -> Path:
     return folder / "photos.h5"
 
 
+def die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when its parent dies (PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 class AppProcess:
-    """`clipwidgets app ...` started in its own process group; `stop()` ends it and everything in it."""
+    """`clipwidgets app ...` in its own process group, killed if the test process dies; `stop()` ends it."""
 
     def __init__(self, folder: Path, *args: str, name: str = "app") -> None:
         self.port = free_port()
@@ -48,7 +56,8 @@ class AppProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         with self.log.open("w") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
-                                            env=env, start_new_session=True)
+                                            env=env, start_new_session=True,
+                                            preexec_fn=die_with_parent)
         self.url = f"http://127.0.0.1:{self.port}/"
 
     def wait_ready(self) -> AppProcess:
