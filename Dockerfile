@@ -1,4 +1,4 @@
-# The clipwidgets search app (Voila) on port 7860, CPU only.
+# The clipwidgets search app (one server process for every session) on port 7860, CPU only.
 #
 #   docker build -t clipwidgets .
 #   docker run --rm -p 7860:7860 -v "$PWD/Data:/app/Data" -v "$PWD/store:/app/store" clipwidgets
@@ -7,6 +7,7 @@
 # built with `make app` or NoteBooks/01_generate_embeddings.ipynb) as volumes. When the store is
 # missing, the app builds it from Data/Images first. Add `--user "$(id -u):$(id -g)"` so that what it
 # writes into the mounted folders belongs to you; mount /app/.cache to keep model weights between runs.
+# Bound to 0.0.0.0 inside the container, the app requires a token: open the address it prints (docker logs).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

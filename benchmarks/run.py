@@ -23,7 +23,8 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, fmt, format_table, machine_info, print_table, write_json
 
-BENCHMARKS = ("model", "indexing", "search", "store", "scale", "panel", "memory", "feedback", "explore")
+BENCHMARKS = ("model", "indexing", "search", "store", "scale", "panel", "memory", "feedback", "explore",
+              "app")
 TIMEOUT_S = {True: 240, False: 3600}  # per benchmark, by quick
 
 
@@ -82,6 +83,14 @@ TARGETS = (
     Target("explore", "near-duplicates, 8,091 images", "duplicates_8091_s", 3, False, "s"),
     Target("explore", "near-duplicates, 1M images (extrapolated from the largest run)",
            "duplicates_1m_extrapolated_s", 900, False, "s"),
+    Target("app", "total memory, 20 open sessions", "sessions_20_mb", 3 * GB, False, "MiB"),
+    Target("app", "100 page loads that never connect, then 60 s idle", "after_100_page_loads_and_idle_mb",
+           3 * GB, False, "MiB"),
+    Target("app", "page load to a usable panel (warm browser, median)", "page_load_warm_median_s",
+           1.5, False, "s"),
+    Target("app", "query -> 24 results, p95, 20 sessions at 1 query/s", "query_p95_ms", 300, False, "ms"),
+    Target("app", "store missing (8,091 images): model loaded -> first results",
+           "first_minute_after_model_s", 30, False, "s"),
 )
 
 

@@ -105,11 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(import_npy)
     import_npy.set_defaults(run=_run_import_npy)
 
-    app = sub.add_parser("app", help=f"serve the search page with Voila (http://{DEFAULT_HOST}:"
-                         f"{DEFAULT_PORT})",
-                         description="Serve the SearchPanel as a standalone page. When the store is "
-                         "missing it is built first from --images, or for the default store from "
-                         "the Flickr8k download.")
+    app = sub.add_parser("app", help=f"serve the search page to a team (http://{DEFAULT_HOST}:{DEFAULT_PORT})",
+                         description="Serve the SearchPanel from one process: one model and one searcher "
+                         "for every browser session. When the store is missing it is built in the "
+                         "background from --images (for the default store, from the Flickr8k download) "
+                         "and the page opens as soon as the first images are stored.")
     app.add_argument("--store", default=str(DEFAULT_STORE),
                      help=f"store file, relative to the current folder (default: {DEFAULT_STORE})")
     app.add_argument("--images", default=str(DEFAULT_IMAGES),
@@ -118,8 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
                      f"{DEFAULT_MODEL} when building a store)")
     app.add_argument("--pretrained", help="pretrained tag or checkpoint file (default: the store's; "
                      f"{DEFAULT_PRETRAINED} when building a store)")
-    app.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default: {DEFAULT_HOST})")
+    app.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default: {DEFAULT_HOST}; any "
+                     "other address requires a token, generated unless --token gives one)")
     app.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    app.add_argument("--max-sessions", type=int, help="most browser sessions at once; past it a 'busy' "
+                     "page is shown (default: sized to this machine's cores and memory)")
+    app.add_argument("--idle-timeout", type=float, default=600.0, metavar="SECONDS",
+                     help="close a session whose page sent nothing for this long (default: 600)")
+    app.add_argument("--connect-timeout", type=float, default=60.0, metavar="SECONDS",
+                     help="free a page load that never connects, or a disconnected session, after "
+                     "this long (default: 60)")
+    app.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                     help="also accept this Host name (e.g. the name a reverse proxy or DNS gives the "
+                     "server); repeatable")
+    app.add_argument("--token", help="require this token (as ?token=... in the address); generated and "
+                     "printed when --host is not a loopback address")
     app.set_defaults(run=_run_app)
 
     index = sub.add_parser("index", help="embed the images of a folder into a store (incremental)",
@@ -223,11 +236,14 @@ def _run_import_npy(args: argparse.Namespace) -> int:
 
 
 def _run_app(args: argparse.Namespace) -> int:
-    from .webapp import ensure_store, serve
+    from .app.config import AppConfig
+    from .webapp import run_app
 
-    store = ensure_store(args.store, images_dir=args.images, model=args.model, pretrained=args.pretrained,
-                         allow_download=Path(args.store) == DEFAULT_STORE)
-    return serve(store, model=args.model, pretrained=args.pretrained, host=args.host, port=args.port)
+    config = AppConfig(host=args.host, port=args.port, max_sessions=args.max_sessions,
+                       idle_timeout=args.idle_timeout, connect_timeout=args.connect_timeout,
+                       allow_hosts=tuple(args.allow_host), token=args.token or None)
+    return run_app(args.store, config, images_dir=args.images, model=args.model, pretrained=args.pretrained,
+                   allow_download=Path(args.store) == DEFAULT_STORE)
 
 
 def _add_flickr8k_parsers(sub: Any) -> None:

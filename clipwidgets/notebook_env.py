@@ -146,13 +146,14 @@ def ensure_flickr8k(config: NotebookConfig, *, progress: bool = True) -> str:
 def ensure_store(config: NotebookConfig, encoder: PixelEncoder, *,
                  progress: bool = True) -> dict[str, Any] | None:
     """Build the store from Flickr8k when `config.store_path` does not exist yet (fetching the data
-    first if needed); returns `index_flickr8k`'s summary, or None when the store was already there."""
-    from .datasets.flickr8k import index_flickr8k
+    first if needed); returns `index_flickr8k`'s summary, or None when the store was already there.
+    The build itself is `clipwidgets.bootstrap`'s, the one the app uses."""
+    from .bootstrap import build_store
 
     if config.store_path.is_file():
         return None
     ensure_flickr8k(config, progress=progress)
-    return index_flickr8k(config.data_dir, config.store_path, encoder, progress=progress)
+    return build_store(config.store_path, encoder, config.images_dir, progress=progress)
 
 
 def _setting(environ: Mapping[str, str], name: str) -> str | None:

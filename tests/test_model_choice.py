@@ -53,18 +53,18 @@ def test_every_entry_point_chooses_the_same_model_for_a_store(store_factory, loa
     from clipwidgets.cli import _load_encoder
     from clipwidgets.notebook_env import notebook_config
     from clipwidgets.store import EmbeddingStore
-    from clipwidgets.webapp import panel_from_env
+    from clipwidgets.webapp import load_app_encoder
 
     path = store_factory(images=3)
     with EmbeddingStore.open(path) as store:
         meta = store.model_meta
     _load_encoder(argparse.Namespace(model=None, pretrained=None, precision="auto"), meta)
-    panel_from_env({"CLIPWIDGETS_STORE": str(path)})
+    load_app_encoder(path)
     search(path, "a photo", k=1)
     assert loads == [("tiny", None)] * 3
     loads.clear()
     _load_encoder(argparse.Namespace(model="ViT-B-32", pretrained=None, precision="auto"), meta)
-    panel_from_env({"CLIPWIDGETS_STORE": str(path), "CLIPWIDGETS_MODEL": "ViT-B-32"})
+    load_app_encoder(path, model="ViT-B-32")
     search(path, "a photo", k=1, model="ViT-B-32")
     notebook_config({"CLIPWIDGETS_MODEL": "ViT-B-32"}).load_encoder()
     assert loads == [("ViT-B-32", DEFAULT_PRETRAINED)] * 4

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import io
 import re
-import socket
 
 import ipywidgets as widgets
 import pytest
 from PIL import Image
 
-from clipwidgets.cli import main
-from clipwidgets.errors import InvalidInputError, StoreError
-from clipwidgets.settings import ENV_MODEL, ENV_STORE
 from clipwidgets.store import EmbeddingStore
-from clipwidgets.synthetic import make_photos
 from clipwidgets.thumbnails import ThumbnailCache, disk_cache_dir, placeholder_jpeg
-from clipwidgets.webapp import ensure_store, panel_from_env, serve, voila_command
 from clipwidgets.widgets import (
     CardText,
     SearchPanel,
@@ -289,62 +283,6 @@ def test_missing_store_path_is_shown_in_the_panel(tmp_path):
     panel = SearchPanel(str(tmp_path / "nowhere.h5"))
     assert panel.error and "does not exist" in panel.error
     assert panel.search("a dog") == [] and panel.more_like(0) == []
-
-
-def test_app_panel_reads_store_and_model_from_the_environment(store):
-    panel = panel_from_env({ENV_STORE: str(store.path), ENV_MODEL: "tiny"})
-    assert panel.error is None and "30 images indexed" in panel.status
-    assert len(panel.search("a photo")) == 24
-
-
-def test_app_panel_explains_a_missing_store(tmp_path):
-    panel = panel_from_env({ENV_STORE: str(tmp_path / "none.h5")})
-    assert "does not exist" in panel.error
-    assert "No store given" in panel_from_env({}).error
-
-
-def test_app_panel_explains_a_model_that_cannot_load(store):
-    panel = panel_from_env({ENV_STORE: str(store.path), ENV_MODEL: "no-such-model"})
-    assert "Unknown model 'no-such-model'" in panel.error
-    assert panel.more_like(0)[0].index == 0  # stored vectors still work without a model
-
-
-def test_ensure_store_builds_a_missing_store_from_an_image_folder(tmp_path, tiny_encoder, capsys):
-    make_photos(tmp_path / "Data" / "Images", 5, size=(64, 48))
-    built = ensure_store(tmp_path / "store" / "demo.h5", images_dir=tmp_path / "Data" / "Images",
-                         model="tiny")
-    with EmbeddingStore.open(built) as store:
-        assert store.num_images == 5 and store.model_meta["name"] == "tiny"
-    assert "indexing the images" in capsys.readouterr().out
-    assert ensure_store(built, images_dir=tmp_path / "nowhere") == built  # existing: untouched
-
-
-def test_ensure_store_without_images_names_the_fix(tmp_path):
-    with pytest.raises(StoreError, match="holds no images"):
-        ensure_store(tmp_path / "s.h5", images_dir=tmp_path / "empty")
-    assert not (tmp_path / "s.h5").exists()
-
-
-def test_app_command_explains_a_missing_store_without_images(tmp_path, capsys):
-    status = main(["app", "--store", str(tmp_path / "mine.h5"), "--images", str(tmp_path / "none")])
-    assert status == 2 and "holds no images" in capsys.readouterr().err
-    assert not (tmp_path / "mine.h5").exists()
-
-
-def test_app_refuses_a_port_in_use(store):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        with pytest.raises(InvalidInputError, match="already in use"):
-            serve(store.path, port=taken.getsockname()[1])
-
-
-def test_voila_command_closes_the_file_route_and_binds_locally():
-    command = voila_command()
-    assert "--Voila.ip=127.0.0.1" in command and "--port=7860" in command
-    assert "--Voila.port_retries=0" in command  # never serve silently on another port than printed
-    assert "--VoilaConfiguration.preheat_kernel=True" in command
-    assert command[command.index("--VoilaConfiguration.file_denylist") + 1] == ".*"
 
 
 def test_paging_and_status_functions():
