@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 
 from websockets.sync.client import ClientConnection, connect
 
-__all__ = ["AppSession", "decode_frame", "kernel_url"]
+__all__ = ["QUERY_PLACEHOLDER", "AppSession", "decode_frame", "kernel_url"]
 
 QUERY_PLACEHOLDER = "Describe the image you want"
 _NAME = re.compile(r'class="clipwidgets-name"[^>]*>([^<]*)<')

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from ..errors import InvalidInputError
 from ..settings import DEFAULT_HOST, DEFAULT_PORT
 
-__all__ = ["AppConfig", "LOOPBACK_NAMES", "default_max_sessions", "is_loopback", "make_token"]
+__all__ = ["MAX_DEFAULT_SESSIONS", "SESSIONS_PER_CORE", "SESSION_BUDGET_BYTES", "AppConfig", "LOOPBACK_NAMES",
+           "default_max_sessions", "is_loopback", "make_token"]
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 SESSION_BUDGET_BYTES = 64 * 2**20  # generous per-session allowance (measured: ~2 MB with a page shown)

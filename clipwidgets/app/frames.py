@@ -13,7 +13,7 @@ import json
 import struct
 from typing import Any
 
-__all__ = ["ALLOWED_MESSAGES", "ALLOWED_TARGETS", "MAX_BUFFERS", "frame_problem"]
+__all__ = ["ALLOWED_MESSAGES", "ALLOWED_TARGETS", "MAX_BUFFERS", "frame_problem", "message_problem"]
 
 ALLOWED_MESSAGES = frozenset({"kernel_info_request", "comm_info_request", "comm_open", "comm_msg",
                               "comm_close"})

@@ -26,13 +26,14 @@ from .config import AppConfig, is_loopback
 from .frames import frame_problem
 from .sessions import Sessions
 
-__all__ = ["Guard", "TOKEN_COOKIE", "host_name"]
+__all__ = ["BUSY_RETRY_S", "CDN_PREFIX", "CLOSE_BEACON", "Guard", "KERNEL_SOCKET", "STATIC_PREFIXES",
+           "TOKEN_COOKIE", "host_name"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+_Scope = MutableMapping[str, Any]
+_Message = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[_Message]]
+_Send = Callable[[_Message], Awaitable[None]]
+_ASGIApp = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
 
 TOKEN_COOKIE = "clipwidgets-token"
 KERNEL_SOCKET = re.compile(r"^/jupyter/api/kernels/([0-9A-Za-z-]{1,64})/channels$")
@@ -56,7 +57,7 @@ def host_name(value: str) -> str:
 class Guard:
     """ASGI middleware around the Solara app; see the module docstring."""
 
-    def __init__(self, app: ASGIApp, config: AppConfig, sessions: Sessions, *,
+    def __init__(self, app: _ASGIApp, config: AppConfig, sessions: Sessions, *,
                  cdn_dir: Path | None = None) -> None:
         self.app = app
         self.config = config
@@ -64,7 +65,7 @@ class Guard:
         self.hosts = config.allowed_hosts()
         self.cdn_dir = cdn_dir.resolve() if cdn_dir is not None else None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
@@ -86,7 +87,7 @@ class Guard:
 
     # ---- checks ---------------------------------------------------------------------------------
 
-    def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
+    def _refusal(self, scope: _Scope, headers: dict[str, str]) -> tuple[int, str] | None:
         """(status, reason) when the request must be refused, else None."""
         host = host_name(headers.get("host", ""))
         if host not in self.hosts:
@@ -111,7 +112,7 @@ class Guard:
             return parts.netloc.lower() == headers.get("host", "").lower()
         return True
 
-    def _has_token(self, scope: Scope, headers: dict[str, str]) -> bool:
+    def _has_token(self, scope: _Scope, headers: dict[str, str]) -> bool:
         token = self.config.token or ""
         offered = [*_query(scope).get("token", [])]
         cookie = SimpleCookie()
@@ -126,7 +127,7 @@ class Guard:
             offered.append(auth.split(" ", 1)[1].strip())
         return any(hmac.compare_digest(value.encode(), token.encode()) for value in offered)
 
-    def _routed(self, scope: Scope) -> bool:
+    def _routed(self, scope: _Scope) -> bool:
         path = scope["path"]
         if scope["type"] == "websocket":
             return KERNEL_SOCKET.match(path) is not None
@@ -149,7 +150,7 @@ class Guard:
 
     # ---- websockets -----------------------------------------------------------------------------
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _websocket(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         match = KERNEL_SOCKET.match(scope["path"])
         assert match is not None
         kernel_id = match.group(1)
@@ -160,7 +161,7 @@ class Guard:
             return
         closed = False
 
-        async def checked_receive() -> Message:
+        async def checked_receive() -> _Message:
             nonlocal closed
             message = await receive()
             if message["type"] != "websocket.receive":
@@ -176,7 +177,7 @@ class Guard:
                 await send({"type": "websocket.close", "code": 1008, "reason": problem[:120]})
             return {"type": "websocket.disconnect", "code": 1008}
 
-        async def guarded_send(message: Message) -> None:
+        async def guarded_send(message: _Message) -> None:
             if closed and message["type"] in ("websocket.send", "websocket.close"):
                 return  # this websocket was closed for a bad frame: drop what is still queued
             await send(message)
@@ -188,13 +189,13 @@ class Guard:
 
     # ---- responses ------------------------------------------------------------------------------
 
-    def _with_token_cookie(self, scope: Scope, send: Send) -> Send:
+    def _with_token_cookie(self, scope: _Scope, send: _Send) -> _Send:
         """Keep a token given in the URL as an HttpOnly cookie, so the page's other requests carry it."""
         token = self.config.token
         if token is None or not _query(scope).get("token"):
             return send
 
-        async def send_with_cookie(message: Message) -> None:
+        async def send_with_cookie(message: _Message) -> None:
             if message["type"] == "http.response.start":
                 cookie = f"{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
                 message = {**message, "headers": [*message.get("headers", []),
@@ -204,16 +205,16 @@ class Guard:
         return send_with_cookie
 
 
-def _headers(scope: Scope) -> dict[str, str]:
+def _headers(scope: _Scope) -> dict[str, str]:
     pairs = scope.get("headers", [])
     return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in pairs}
 
 
-def _query(scope: Scope) -> dict[str, list[str]]:
+def _query(scope: _Scope) -> dict[str, list[str]]:
     return parse_qs(scope.get("query_string", b"").decode("latin-1"))
 
 
-async def _refuse(kind: str, receive: Receive, send: Send, status: int, text: str) -> None:
+async def _refuse(kind: str, receive: _Receive, send: _Send, status: int, text: str) -> None:
     if kind == "websocket":  # closing before accepting makes the server answer the handshake with 403
         await receive()  # websocket.connect
         await send({"type": "websocket.close", "code": 1008, "reason": text[:120]})
@@ -221,7 +222,7 @@ async def _refuse(kind: str, receive: Receive, send: Send, status: int, text: st
         await _respond(send, status, text)
 
 
-async def _respond(send: Send, status: int, body: str, *, html_page: bool = False,
+async def _respond(send: _Send, status: int, body: str, *, html_page: bool = False,
                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
     data = body.encode("utf-8")
     kind = b"text/html; charset=utf-8" if html_page else b"text/plain; charset=utf-8"
