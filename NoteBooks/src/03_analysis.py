@@ -177,3 +177,57 @@ for name in ("train", "dev", "test", "none"):
 ax.set_title(f"{store.num_images:,} images, {'UMAP' if umap is not None else 'PCA'}")
 ax.legend(markerscale=3)
 plt.show()
+
+# %% [markdown]
+# ## Exploring the collection
+#
+# The panel does more than rank: mark results **more** / **fewer** and refine (Rocchio relevance
+# feedback), ask **why this result?**, draw the collection as a map linked to the panel, review
+# near-duplicates and filter by zero-shot labels. Each is also a plain function; see `docs/explore.md`.
+
+# %%
+from clipwidgets import SearchPanel
+
+panel = SearchPanel(store, encoder)
+panel.search("a dog running on the beach")
+shown = [hit.index for hit in panel.results]
+# Two results are what we wanted, the first is not: rank again with those marks.
+panel.feedback(positive=[shown[2], shown[5]], negative=[shown[0]])
+refined = [hit.index for hit in panel.results]
+assert refined[0] != shown[0] or refined != shown, "feedback changed nothing"
+panel.undo_mark()  # one step back: the original ranking
+assert [hit.index for hit in panel.results] == shown
+panel
+
+# %%
+# Why does the first result rank first? The image score, the best caption, each query part's share of
+# the score, and an occlusion heat map of the regions that match (drawn in the panel's detail view).
+found = panel.searcher.explain(panel.results[0], "a dog running on the beach")
+assert abs(sum(part.contribution for part in found.parts) - found.image_score) < 1e-4
+print(found.to_text())
+
+# %%
+# The map: every image of the store in 2-D (PCA; method="umap" with umap-learn), coloured by split.
+# The panel's results are drawn large; a lasso or box selection (toolbar) shows those images in the panel.
+from clipwidgets import EmbeddingMap
+
+embedding_map = EmbeddingMap(panel, color_by="split")
+embedding_map
+
+# %%
+# Near-duplicates: groups of images whose embeddings are almost the same (cosine >= threshold).
+from clipwidgets import DuplicateReview, find_duplicates
+
+groups = find_duplicates(store, 0.95)
+print(f"{len(groups)} groups of near-duplicates at cosine >= 0.95")
+DuplicateReview(store, groups) if groups else None
+
+# %%
+# Zero-shot labels: each image's closest label, and a label filter in the panel.
+labels = panel.searcher.classify(["dog", "cat", "beach", "snow", "people"])
+counts = labels.counts()
+assert sum(counts.values()) == store.num_images
+print(counts)
+panel.set_labels(labels)
+panel.filter_label("dog")
+assert all(labels.label_of(hit.index) == "dog" for hit in panel.results)
