@@ -115,6 +115,12 @@ class Searcher:
         return self.queries.dim
 
     @property
+    def kernel(self) -> str:
+        """The fast kernel the last exact image search ran: "fp32" (BLAS on a float32 copy), "fp16", or
+        "fp16, one thread" (see clipwidgets.searching.kernels); "" before the first search."""
+        return ", ".join(sorted({kernel.last for kernel in self._images.kernels if kernel.last}))
+
+    @property
     def backend(self) -> str:
         """"ann" when image searches use the approximate index, else "exact"."""
         return self._index.name
