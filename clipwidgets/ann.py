@@ -34,15 +34,33 @@ def index_paths(store: Any) -> tuple[Path, Path]:
 
 
 def store_fingerprint(store: Any) -> str:
-    """A digest of the store's row count, dimension, and a strided sample of paths and embeddings."""
-    embeddings = store.image_embeddings()
+    """A digest of the store's row count, dimension, and a strided sample of paths and embeddings
+    (read from `store.vector_blocks()`, so a segmented store is sampled, not loaded)."""
     paths = store.image_paths()
     step = max(1, len(paths) // _FINGERPRINT_ROWS)
-    digest = hashlib.sha1(f"{len(paths)}:{embeddings.shape}:{embeddings.dtype}".encode())
-    digest.update(np.ascontiguousarray(embeddings[::step]).tobytes())
-    digest.update(np.ascontiguousarray(embeddings[-1:]).tobytes())
+    blocks = store.vector_blocks()
+    sample = _sample_rows(blocks, np.arange(0, len(paths), step, dtype=np.int64))
+    last = _sample_rows(blocks, np.arange(len(paths) - 1, len(paths), dtype=np.int64)[-1:])
+    shape = (len(paths), int(store.model_meta["embed_dim"]))
+    digest = hashlib.sha1(f"{len(paths)}:{shape}:{sample.dtype}".encode())
+    digest.update(np.ascontiguousarray(sample).tobytes())
+    digest.update(np.ascontiguousarray(last).tobytes())
     digest.update("\n".join(paths[::step] + paths[-1:]).encode())
     return digest.hexdigest()
+
+
+def _sample_rows(blocks: list[Any], rows: np.ndarray) -> np.ndarray:
+    """The stored vectors of the distinct, ascending store rows `rows`, found in the store's blocks."""
+    dtype = blocks[0].vectors.dtype if blocks else np.float16
+    dim = blocks[0].vectors.shape[1] if blocks else 0
+    out = np.zeros((len(rows), dim), dtype=dtype)
+    for block in blocks:
+        block_rows = np.asarray(block.rows)
+        hit = np.isin(block_rows, rows)
+        if hit.any():
+            positions = np.flatnonzero(hit)
+            out[np.searchsorted(rows, block_rows[positions])] = np.asarray(block.vectors[positions])
+    return out
 
 
 def build_ann_index(store: Any, *, kind: str = "hnsw") -> Path:

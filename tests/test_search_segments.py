@@ -145,6 +145,10 @@ def test_approximate_index_over_split_blocks(segment_store, tmp_path):
     store = EmbeddingStore.open(path)
     blocks = split_blocks(store.image_embeddings(), tmp_path, query)
     store.vector_blocks = lambda: blocks  # type: ignore[method-assign]
+
+    def whole_matrix() -> np.ndarray:
+        raise AssertionError("search loaded the whole matrix instead of reading the blocks")
+    store.image_embeddings = whole_matrix  # type: ignore[method-assign]
     with Searcher(store, ann="always") as approximate, Searcher(path, ann="never") as exact:
         found = approximate.search(query, k=10)
         assert found.backend == "ann"
