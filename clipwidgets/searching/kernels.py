@@ -27,7 +27,7 @@ import torch
 from .. import cpu
 from ..openmp import one_thread
 
-__all__ = ["ONE_THREAD_BYTES", "Kernel", "KernelPlan", "cpu_class", "fp32_copy_limit", "machine_busy",
+__all__ = ["FP32_COPY_BYTES", "ONE_THREAD_BYTES", "Kernel", "KernelPlan", "cpu_class", "machine_busy",
            "plan_kernel", "score", "score_batch", "tensor"]
 
 # Largest float32 copy (bytes) scored by BLAS instead of the 16-bit kernel, by CPU class. AVX512:
@@ -52,11 +52,6 @@ def cpu_class(flags: frozenset[str] | None = None) -> str:
     if {"avx2", "f16c", "fma"} <= flags:
         return "avx2"
     return "other"
-
-
-def fp32_copy_limit(flags: frozenset[str] | None = None) -> int:
-    """Largest float32 copy (bytes) worth keeping for the BLAS kernel on this CPU."""
-    return FP32_COPY_BYTES[cpu_class(flags)]
 
 
 def machine_busy() -> bool:
@@ -89,7 +84,6 @@ class Kernel:
 
     def __init__(self, matrix: np.ndarray, plan: KernelPlan, *,
                  busy: Callable[[], bool] | None = None) -> None:
-        self.matrix = matrix
         self.half = tensor(np.ascontiguousarray(matrix, dtype=np.float16)) if len(matrix) else None
         self.copy = np.ascontiguousarray(matrix, dtype=np.float32) if plan.copy_fp32 else None
         # the 16-bit kernel rounds float32 stores to float16: at most 2**-11 for unit vectors
