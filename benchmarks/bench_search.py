@@ -306,7 +306,7 @@ def scale_figures(rows: int = SCALE_ROWS, repeats: int = 5) -> dict[str, Any]:
     per = rows // SCALE_SEGMENTS
     blocks = [VectorBlock(matrix[first:first + per], np.arange(first, min(rows, first + per)))
               for first in range(0, rows, per)]
-    index = ExactIndex(ImageScorer(BlockMatrix(blocks, rows, DIM)))
+    index = ExactIndex(ImageScorer(BlockMatrix(blocks, rows, DIM)), rows)
     query = unit_vectors(1, seed=9).astype(np.float32)[0]
     floor = read_floor(np.asarray(matrix))
     floor()  # warm the page cache

@@ -130,7 +130,7 @@ class Searcher:
         self._paths = store.image_paths()
         self._images = BlockMatrix(store.vector_blocks(), len(self._paths), self.dim)
         self._image_scorer = ImageScorer(self._images)
-        self._exact = ExactIndex(self._image_scorer)
+        self._exact = ExactIndex(self._image_scorer, self.num_images)
         self._captions = Captions(store.text_embeddings(), store.text_image_index(), self.num_images)
         self._filters = Filters(store, self._paths)
         ann = self._load_ann()
@@ -268,7 +268,7 @@ class Searcher:
         else:
             if scan is None:
                 scorer = scorer_for(options.target, self._image_scorer, self._captions)
-                scan = ExactIndex(scorer).scan(vector, mask)
+                scan = ExactIndex(scorer, self.num_images).scan(vector, mask)
             ranking = Ranking(self._exact, vector, mask, scan=scan)
         candidates = self.num_images if mask is None else int(np.count_nonzero(mask))
         rows, values, total = rank_page(ranking, options, candidates, self._images.gather)

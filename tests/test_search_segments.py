@@ -177,3 +177,33 @@ def test_ranking_is_exact_over_blocks_of_close_vectors(tmp_path, tiny_encoder, m
         assert [hit.index for hit in results] == expected[11:51].tolist()
         np.testing.assert_allclose([h.score for h in results], scores[11:51], atol=1e-12)
     store.close()
+
+
+def test_fast_scores_merge_blocks_like_one_array():
+    """Per-block top-n merged, counts and bands equal those of the scores in store-row order."""
+    import torch
+
+    from clipwidgets.searching.fast import FastScores, Part
+
+    rng = np.random.default_rng(9)
+    dense = rng.standard_normal(1000).astype(np.float32)
+    tail = 600 + rng.permutation(400)  # rows 600..999 out of order, between deleted entries
+    with_dead = np.concatenate([[-1], tail, [-1, -1]])
+    dead_scores = np.concatenate([[9.0], dense[tail], [9.0, 9.0]]).astype(np.float32)
+    parts = [Part(torch.from_numpy(dense[:300].copy()), 0),
+             Part(torch.from_numpy(dense[300:600].copy()), 300),
+             Part(torch.from_numpy(dead_scores), with_dead)]
+    scores = FastScores(parts, eps=0.0)
+    mask = rng.random(1000) < 0.5
+    for allowed in (None, mask):
+        merged = scores.masked(allowed)
+        reference = dense if allowed is None else np.where(allowed, dense, -np.inf)
+        order = np.argsort(-reference, kind="stable")
+        for count in (1, 10, 77):
+            values, rows = merged.top(count)
+            assert set(rows.tolist()) == set(order[:count].tolist())
+            np.testing.assert_array_equal(values, reference[order[:count]])
+        assert merged.count_at_least(0.5) == int((reference >= 0.5).sum())
+        band = merged.rows_between(0.1, 0.3)
+        assert sorted(band.tolist()) == np.flatnonzero((reference >= 0.1) & (reference < 0.3)).tolist()
+        np.testing.assert_array_equal(merged.in_row_order(1000).numpy(), reference)

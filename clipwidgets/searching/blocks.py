@@ -3,20 +3,19 @@
 `store.vector_blocks()` gives VectorBlock(vectors, rows) runs: `vectors[i]` is the embedding of store
 row `rows[i]`, or of a deleted image where `rows[i]` is -1. A format v1 store is one block whose rows
 are 0..n-1; a segmented store gives one memory-mapped block per segment. The fast pass scores each
-block in place (no copy of a mapped segment) and scatters the scores to store-row order; exact
+block in place (no copy of a mapped segment) and keeps the scores per block (see fast.py); exact
 re-scoring and "more like this" read single rows through a row -> position map.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import StoreError
+from .fast import FastScores, Part
 from .kernels import Kernel, plan_kernel
 
 __all__ = ["BlockMatrix", "dot64"]
@@ -46,38 +45,31 @@ class BlockMatrix:
             blocks, identity = [_Block(gathered, np.arange(num_rows, dtype=np.int64))], True
         self.blocks = [block.vectors for block in blocks]
         self.kernels = [Kernel(block.vectors, plan) for block in blocks]
-        self._rows = None if identity else [_Target(np.asarray(block.rows, np.int64)) for block in blocks]
+        self._rows = [None] if identity else [_rows_of(np.asarray(block.rows, np.int64)) for block in blocks]
         self._starts = np.cumsum([0] + [len(block.vectors) for block in blocks])
         self._position = None if identity else _positions(blocks, num_rows)
 
     @property
     def single(self) -> bool:
-        """True when the vectors are one array in store-row order (no scatter, no lookup)."""
-        return self._rows is None
+        """True when the vectors are one array in store-row order (no lookup)."""
+        return self._position is None
 
-    def fast_scores(self, query: np.ndarray) -> tuple[torch.Tensor, float]:
-        """float32 scores of every store row for the unit `query`, and a bound on their error."""
-        if self._rows is None:
-            return self.kernels[0].scores(query)
-        out = torch.full((self.num_rows,), -math.inf)
-        eps = 0.0
-        for kernel, target in zip(self.kernels, self._rows, strict=True):
+    def fast_scores(self, query: np.ndarray) -> FastScores:
+        """Fast scores of every store row for the unit `query`, per block, with their error bound."""
+        parts, eps = [], 0.0
+        for kernel, rows in zip(self.kernels, self._rows, strict=True):
             scores, block_eps = kernel.scores(query)
-            target.scatter(out, scores)
+            parts.append(Part(scores, rows))
             eps = max(eps, block_eps)
-        return out, eps
+        return FastScores(parts, eps)
 
-    def batch_scores(self, queries: np.ndarray) -> tuple[torch.Tensor, float]:
-        """float32 scores (B, num_rows) for several unit queries, and a bound on their error."""
-        if self._rows is None:
-            return self.kernels[0].batch_scores(queries)
-        out = torch.full((len(queries), self.num_rows), -math.inf)
-        eps = 0.0
-        for kernel, target in zip(self.kernels, self._rows, strict=True):
-            scores, block_eps = kernel.batch_scores(queries)
-            target.scatter(out, scores)
-            eps = max(eps, block_eps)
-        return out, eps
+    def batch_scores(self, queries: np.ndarray) -> list[FastScores]:
+        """Fast scores for several unit queries (one pass over each block), one FastScores per query."""
+        blocks = [kernel.batch_scores(queries) for kernel in self.kernels]
+        eps = max((block_eps for _, block_eps in blocks), default=0.0)
+        pairs = list(zip(blocks, self._rows, strict=True))
+        return [FastScores([Part(scores[i], rows) for (scores, _), rows in pairs], eps)
+                for i in range(len(queries))]
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """The stored vectors of store rows `rows` (stored dtype), in that order."""
@@ -111,6 +103,13 @@ class _Block:
         self.vectors, self.rows = vectors, rows
 
 
+def _rows_of(rows: np.ndarray) -> int | np.ndarray:
+    """A block's store rows: the first row when they are one run with none deleted, else the array."""
+    if len(rows) and rows[0] >= 0 and bool((np.diff(rows) == 1).all()):
+        return int(rows[0])
+    return rows
+
+
 def _gather_all(blocks: Sequence[Any], num_rows: int, dim: int) -> np.ndarray:
     dtype = np.result_type(*[block.vectors.dtype for block in blocks]) if blocks else np.float16
     out = np.empty((num_rows, dim), dtype=dtype)
@@ -136,28 +135,6 @@ def _positions(blocks: Sequence[Any], num_rows: int) -> np.ndarray:
         raise StoreError(f"Store row {missing} has no vector in the store's blocks: the store is "
                          "inconsistent.")
     return position
-
-
-class _Target:
-    """Where one block's scores go in store-row order: a slice when its rows are one run of store
-    rows with none deleted, else an index of its live rows."""
-
-    def __init__(self, rows: np.ndarray) -> None:
-        live = rows >= 0
-        run = len(rows) > 0 and bool(live.all()) and bool((np.diff(rows) == 1).all())
-        self.run = slice(int(rows[0]), int(rows[-1]) + 1) if run else None
-        self.rows = torch.from_numpy(rows[live])
-        self.live = None if live.all() else torch.from_numpy(live)
-
-    def scatter(self, out: torch.Tensor, scores: torch.Tensor) -> None:
-        """Put `scores` (the block's, last axis) into `out` (store-row order, last axis)."""
-        scores = scores.to(out.dtype)
-        if self.run is not None:
-            out[..., self.run] = scores
-        elif self.live is None:
-            out[..., self.rows] = scores
-        else:
-            out[..., self.rows] = scores[..., self.live]
 
 
 def dot64(matrix: np.ndarray, rows: np.ndarray, query: np.ndarray) -> np.ndarray:

@@ -10,13 +10,11 @@ best first, with float64 scores from the stored values (ties: lower row first).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
-from .kernels import tensor
+from .fast import FastScores
 from .scorers import ImageScorer
 
 __all__ = ["ApproximateIndex", "ExactIndex", "Scan", "VectorIndex"]
@@ -35,11 +33,11 @@ class VectorIndex(Protocol):
 class Scan:
     """One query's fast scores over every row, made exact lazily to the depth asked for."""
 
-    def __init__(self, scorer: Any, query: np.ndarray, scores: torch.Tensor, eps: float,
+    def __init__(self, scorer: Any, query: np.ndarray, scores: FastScores, num_rows: int,
                  mask: np.ndarray | None) -> None:
-        self.scorer, self.query, self.eps = scorer, np.asarray(query, dtype=np.float64), eps
-        self.scores = scores if mask is None else scores.masked_fill(~tensor(mask), -math.inf)
-        self.candidates = len(scores) if mask is None else int(np.count_nonzero(mask))
+        self.scorer, self.query, self.eps = scorer, np.asarray(query, dtype=np.float64), scores.eps
+        self.scores = scores.masked(mask)
+        self.candidates = num_rows if mask is None else int(np.count_nonzero(mask))
         self._best: tuple[np.ndarray, np.ndarray] = (np.zeros(0, dtype=np.int64), np.zeros(0))
 
     def top(self, depth: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,19 +56,18 @@ class Scan:
         a row of the exact top `depth` has a fast score >= the depth-th fast score - 2 * eps)."""
         fetch = min(self.candidates, max(depth + 32, 2 * depth))
         while True:
-            values, rows = torch.topk(self.scores, fetch)
+            values, rows = self.scores.top(fetch)
             if fetch == self.candidates or float(values[-1]) < float(values[depth - 1]) - 2 * self.eps:
-                return rows.numpy()
+                return rows
             fetch = min(self.candidates, fetch * 4)
 
     def count_at_least(self, threshold: float) -> int:
         """How many allowed rows score >= threshold exactly (fast scores decide all but a thin band)."""
-        scores = self.scores
-        sure = int((scores >= threshold + self.eps).sum())
-        band = torch.nonzero((scores >= threshold - self.eps) & (scores < threshold + self.eps)).flatten()
-        if band.numel() == 0:
+        sure = self.scores.count_at_least(threshold + self.eps)
+        band = self.scores.rows_between(threshold - self.eps, threshold + self.eps)
+        if len(band) == 0:
             return sure
-        return sure + int((self.scorer.exact(self.query, band.numpy()) >= threshold).sum())
+        return sure + int((self.scorer.exact(self.query, band) >= threshold).sum())
 
 
 class ExactIndex:
@@ -78,18 +75,17 @@ class ExactIndex:
 
     name = "exact"
 
-    def __init__(self, scorer: Any) -> None:
-        self.scorer = scorer
+    def __init__(self, scorer: Any, num_rows: int) -> None:
+        self.scorer, self.num_rows = scorer, num_rows
 
     def scan(self, query: np.ndarray, mask: np.ndarray | None) -> Scan:
         """The fast pass for `query`; its `top(depth)` and `count_at_least` reuse it."""
-        scores, eps = self.scorer.fast(query)
-        return Scan(self.scorer, query, scores, eps, mask)
+        return Scan(self.scorer, query, self.scorer.fast(query), self.num_rows, mask)
 
     def scans(self, queries: np.ndarray, mask: np.ndarray | None) -> list[Scan]:
         """Fast passes for several queries at once (one read of the matrix; image scorers only)."""
-        scores, eps = self.scorer.fast_batch(queries)
-        return [Scan(self.scorer, query, row, eps, mask) for query, row in zip(queries, scores, strict=True)]
+        return [Scan(self.scorer, query, scores, self.num_rows, mask)
+                for query, scores in zip(queries, self.scorer.fast_batch(queries), strict=True)]
 
     def top(self, query: np.ndarray, depth: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         return self.scan(query, mask).top(depth)

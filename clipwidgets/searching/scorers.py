@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .blocks import BlockMatrix, dot64
+from .fast import FastScores
 from .kernels import Kernel, plan_kernel, tensor
 
 __all__ = ["CaptionScorer", "Captions", "ImageScorer", "Scorer", "scorer_for"]
@@ -24,7 +25,7 @@ __all__ = ["CaptionScorer", "Captions", "ImageScorer", "Scorer", "scorer_for"]
 class Scorer(Protocol):
     """Fast and exact scores of every store row for a unit query."""
 
-    def fast(self, query: np.ndarray) -> tuple[torch.Tensor, float]: ...
+    def fast(self, query: np.ndarray) -> FastScores: ...
 
     def exact(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray: ...
 
@@ -35,10 +36,10 @@ class ImageScorer:
     def __init__(self, images: BlockMatrix) -> None:
         self.images = images
 
-    def fast(self, query: np.ndarray) -> tuple[torch.Tensor, float]:
+    def fast(self, query: np.ndarray) -> FastScores:
         return self.images.fast_scores(query.astype(np.float32))
 
-    def fast_batch(self, queries: np.ndarray) -> tuple[torch.Tensor, float]:
+    def fast_batch(self, queries: np.ndarray) -> list[FastScores]:
         return self.images.batch_scores(queries.astype(np.float32))
 
     def exact(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -93,13 +94,14 @@ class CaptionScorer:
     def __init__(self, images: ImageScorer, captions: Captions, target: str) -> None:
         self.images, self.captions, self.target = images, captions, target
 
-    def fast(self, query: np.ndarray) -> tuple[torch.Tensor, float]:
+    def fast(self, query: np.ndarray) -> FastScores:
         best, eps = self.captions.best_fast(query)
         if self.target == "captions":
-            return best, eps
-        images, image_eps = self.images.fast(query)
-        both = torch.where(tensor(self.captions.has_caption), (images.float() + best) / 2, images.float())
-        return both, max(eps, image_eps)
+            return FastScores.dense(best, eps)
+        fast_images = self.images.fast(query)
+        images = fast_images.in_row_order(self.captions.num_images)
+        both = torch.where(tensor(self.captions.has_caption), (images + best) / 2, images)
+        return FastScores.dense(both, max(eps, fast_images.eps))
 
     def exact(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         query = np.asarray(query, dtype=np.float64)
