@@ -94,13 +94,17 @@ def test_one_thread_changes_only_the_calling_thread():
 
         worker = threading.Thread(target=other)
         worker.start()
+        started: list[int] = []
         with one_thread():
             single = torch.get_num_threads()
             inside.set()
             done.wait(10)
+            late = threading.Thread(target=lambda: started.append(torch.get_num_threads()))
+            late.start()  # torch.set_num_threads(1) here would give this thread 1 for its whole life
+            late.join()
         worker.join()
         assert single == 1  # fails where no OpenMP runtime is loaded (then nothing can be scoped)
-        assert seen == [2] and torch.get_num_threads() == 2
+        assert seen == [2] and started == [2] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
