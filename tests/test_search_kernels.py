@@ -118,3 +118,14 @@ def test_a_small_search_leaves_torch_threads_alone(monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
     kernel.scores(unit(np.random.default_rng(4), 1, 64)[0].astype(np.float32))
     assert kernel.last == "fp16, one thread" and calls == [] and torch.get_num_threads() == before
+
+
+def test_a_large_float32_matrix_is_scored_in_place():
+    matrix = unit(np.random.default_rng(6), 3000, 64).astype(np.float32)
+    kernel = Kernel(matrix, kernels.KernelPlan(copy_fp32=False, cpu="test"), busy=lambda: True)
+    assert kernel.half is None and np.shares_memory(kernel.copy, matrix)
+    query = unit(np.random.default_rng(7), 1, 64)[0].astype(np.float32)
+    scores, eps = kernel.scores(query)
+    assert kernel.last == "fp32"
+    assert np.abs(scores.numpy() - matrix.astype(np.float64) @ query.astype(np.float64)).max() <= eps
+    assert kernel.batch_scores(query[None, :])[0].shape == (1, 3000)

@@ -80,12 +80,17 @@ class Kernel:
     """Fast scores of one matrix (numpy, float16 or float32) for a unit query, with an error bound.
 
     `plan` decides whether a float32 copy is kept; `busy` (default: machine_busy) is asked per query.
+    A float32 matrix is its own "copy"; it gets a float16 twin only when small (for busy machines),
+    so a large float32 store is never copied.
     """
 
     def __init__(self, matrix: np.ndarray, plan: KernelPlan, *,
                  busy: Callable[[], bool] | None = None) -> None:
-        self.half = tensor(np.ascontiguousarray(matrix, dtype=np.float16)) if len(matrix) else None
-        self.copy = np.ascontiguousarray(matrix, dtype=np.float32) if plan.copy_fp32 else None
+        wide = matrix.dtype == np.float32
+        self.copy = np.ascontiguousarray(matrix, dtype=np.float32) if plan.copy_fp32 or wide else None
+        self.half = None
+        if len(matrix) and (plan.copy_fp32 or not wide):
+            self.half = tensor(np.ascontiguousarray(matrix, dtype=np.float16))
         # the 16-bit kernel rounds float32 stores to float16: at most 2**-11 for unit vectors
         self.matrix_eps = 0.0 if matrix.dtype == np.float16 else 2.0**-11
         self.busy = busy
@@ -93,16 +98,17 @@ class Kernel:
 
     def scores(self, query: np.ndarray) -> tuple[torch.Tensor, float]:
         """float32 scores of every row for the unit float32 `query`, and a bound on their error."""
-        if self.half is None:
+        if self.half is None and (self.copy is None or len(self.copy) == 0):
             return torch.zeros(0), 0.0
-        small = self.half.numel() * 2 <= ONE_THREAD_BYTES
-        busy = small and (self.busy or machine_busy)()
-        if self.copy is not None and not busy:
+        busy = self.half is not None and self.half.numel() * 2 <= ONE_THREAD_BYTES and (
+            self.busy or machine_busy)()
+        if self.copy is not None and (not busy or self.half is None):
             self.last = "fp32"
             return torch.from_numpy(self.copy @ query.astype(np.float32)), FP32_EPS
         query16 = query.astype(np.float16)
         eps = FP16_EPS + self.matrix_eps + float(np.linalg.norm(query - query16.astype(np.float32)))
         self.last = "fp16, one thread" if busy else "fp16"
+        assert self.half is not None
         return score(self.half, torch.from_numpy(query16), one=busy), eps
 
     def batch_scores(self, queries: np.ndarray) -> tuple[torch.Tensor, float]:
