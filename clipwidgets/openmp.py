@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["rest_threads"]
+__all__ = ["one_thread", "rest_threads"]
 
 _OMP_PAUSE_SOFT = 1
 _RUNTIME = re.compile(r"/lib(gomp|omp|iomp5)[-.\w]*\.so[.\d]*$")  # GNU, LLVM and Intel OpenMP

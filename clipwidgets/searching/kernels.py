@@ -27,8 +27,8 @@ import torch
 from .. import cpu
 from ..openmp import one_thread
 
-__all__ = ["FP32_COPY_BYTES", "ONE_THREAD_BYTES", "Kernel", "KernelPlan", "cpu_class", "machine_busy",
-           "plan_kernel", "score", "score_batch", "tensor"]
+__all__ = ["FP16_EPS", "FP32_COPY_BYTES", "FP32_EPS", "ONE_THREAD_BYTES", "Kernel", "KernelPlan", "cpu_class",
+           "machine_busy", "plan_kernel", "score", "score_batch", "tensor"]
 
 # Largest float32 copy (bytes) scored by BLAS instead of the 16-bit kernel, by CPU class. AVX512:
 # measured crossover between 10k and 100k rows at 512-d (the copy must stay in the L3 cache). AVX2:

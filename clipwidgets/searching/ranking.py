@@ -15,7 +15,7 @@ import numpy as np
 from .options import SearchOptions
 from .results import ADAPTIVE_WINDOW, adaptive_cutoff
 
-__all__ = ["Ranking", "collapse", "greedy_distinct", "rank_page"]
+__all__ = ["Ranked", "Ranking", "collapse", "greedy_distinct", "rank_page"]
 
 Ranked = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
