@@ -2,11 +2,15 @@
 floor (the time to read the float16 matrix once, measured in the same run), for one query and a
 batch of 64; the approximate index's speed and recall@10; text query latency at 8,091 images.
 
-    python -m benchmarks.bench_search [--quick]
+    python -m benchmarks.bench_search [--quick] [--scale]
 
 Vectors are random unit vectors (512-d); the approximate index is measured on clustered vectors,
 closer to real embeddings than uniform noise. Each timing reports the best and the median of its
 repeats; ratios use the best of each (the machine is shared, and the best is the least disturbed).
+clipwidgets is timed twice per size, interleaved with numpy and the floor: with the kernel it picks
+on an idle machine ("search") and on a busy one ("search_busy", see clipwidgets.searching.kernels).
+`--scale` adds exact top-10 over a 10M x 512 float16 memory map of 10 segments (about 10 GB, written
+once under benchmarks/results/cache/, page cache warmed first) against its read floor.
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, benchmark_encoder, print_table, write_json
 from clipwidgets.searcher import Searcher
-from clipwidgets.store import EmbeddingStore
+from clipwidgets.searching import kernels
+from clipwidgets.searching.blocks import BlockMatrix
+from clipwidgets.searching.index import ExactIndex
+from clipwidgets.searching.scorers import ImageScorer
+from clipwidgets.store import EmbeddingStore, VectorBlock
 
 DIM = 512
 K = 10
@@ -74,47 +82,96 @@ def numpy_top_k(matrix32: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return np.take_along_axis(top, order, axis=0)
 
 
-def read_floor(matrix: np.ndarray, repeats: int) -> tuple[float, float]:
-    """Best and median ms to read `matrix` once (an int64 max over its bytes), on one thread or all
-    of them, whichever is faster: the memory-bandwidth floor of any exact search."""
+def read_floor(matrix: np.ndarray) -> Callable[[], Any]:
+    """A call that reads `matrix` once (an int64 max over its bytes, on all threads): the
+    memory-bandwidth floor of any exact search. Its one-thread twin is `read_floor_one_thread`."""
     flat = matrix.reshape(-1)
     words = torch.from_numpy(flat[: flat.size // 4 * 4]).view(torch.int64)
-    threads = torch.get_num_threads()
-    all_threads = best_and_median(words.amax, repeats)
-    torch.set_num_threads(1)
-    try:
-        one_thread = best_and_median(words.amax, repeats)
-    finally:
-        torch.set_num_threads(threads)
-    return min(all_threads, one_thread)
+    return words.amax
 
 
-def ours(path: Path, queries: np.ndarray, repeats: int) -> dict[str, Any]:
-    """clipwidgets: one query, a batch, the floor, and agreement with a float64 ranking."""
+def read_floor_one_thread(matrix: np.ndarray) -> Callable[[], Any]:
+    """`read_floor` on one thread (the floor is the faster of the two; small matrices favour one)."""
+    from clipwidgets.openmp import one_thread
+
+    amax = read_floor(matrix)
+
+    def read() -> Any:
+        with one_thread():
+            return amax()
+    return read
+
+
+def with_busy(busy: bool, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """`fn` with clipwidgets' kernel choice made as on an idle (False) or busy (True) machine."""
+    def run() -> Any:
+        real = kernels.machine_busy
+        kernels.machine_busy = lambda: busy
+        try:
+            return fn()
+        finally:
+            kernels.machine_busy = real
+    return run
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], repeats: int,
+                rounds: int = 3) -> dict[str, tuple[float, float]]:
+    """Best and median ms of each call, measured in `rounds` interleaved rounds (A B C A B C ...)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for fn in calls.values():
+        fn()  # warm-up
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            for _ in range(max(1, repeats // rounds)):
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: (min(values), statistics.median(values)) for name, values in times.items()}
+
+
+def ours_batch(path: Path, queries: np.ndarray, repeats: int) -> dict[str, Any]:
+    """clipwidgets: a batch of queries, and agreement of one query with a float64 ranking."""
     figures: dict[str, Any] = {}
     with Searcher(path, ann="never") as searcher:
-        stored = searcher.store.image_embeddings()
-        figures["floor_ms"], figures["floor_median_ms"] = read_floor(stored, repeats)
-        query = queries[0]
-        figures["search_ms"], figures["search_median_ms"] = best_and_median(
-            lambda: searcher.search(query, k=K), repeats)
         batch_best, batch_median = best_and_median(lambda: searcher.search_many(list(queries), k=K),
                                                    max(2, repeats // 5))
         figures["batch_ms_per_query"] = batch_best / BATCH
         figures["batch_median_ms_per_query"] = batch_median / BATCH
-        found = [hit.index for hit in searcher.search(query, k=K)]
-        exact = stored.astype(np.float64) @ query.astype(np.float64)
-        reference = np.lexsort((np.arange(len(exact)), -exact))[:K]
-        figures["equals_float64_reference"] = found == reference.tolist()
+        stored = searcher.store.image_embeddings()
+        for busy in (False, True):
+            found = [hit.index for hit in with_busy(busy, lambda: searcher.search(queries[0], k=K))()]
+            exact = stored.astype(np.float64) @ queries[0].astype(np.float64)
+            reference = np.lexsort((np.arange(len(exact)), -exact))[:K]
+            figures["equals_float64_reference" + ("_busy" if busy else "")] = found == reference.tolist()
     return figures
 
 
-def baselines(matrix32: np.ndarray, queries: np.ndarray, repeats: int) -> dict[str, Any]:
-    """numpy float32 and faiss IndexFlatIP on the same vectors, one query and a batch."""
+def single_query(path: Path, matrix32: np.ndarray, queries: np.ndarray, repeats: int) -> dict[str, Any]:
+    """One query, interleaved: the floor, clipwidgets (idle and busy kernel choice), numpy float32."""
+    figures: dict[str, Any] = {}
+    query = queries[0]
+    with Searcher(path, ann="never") as searcher:
+        stored = searcher.store.image_embeddings()
+        calls = {"floor": read_floor(stored), "floor_one_thread": read_floor_one_thread(stored),
+                 "search": with_busy(False, lambda: searcher.search(query, k=K)),
+                 "search_busy": with_busy(True, lambda: searcher.search(query, k=K)),
+                 "numpy_fp32": lambda: numpy_top_k(matrix32, queries[:1])}
+        measured = interleaved(calls, repeats)
+        for busy, name in ((False, "kernel"), (True, "kernel_busy")):
+            with_busy(busy, lambda: searcher.search(query, k=K))()
+            figures[name] = searcher.kernel
+    floor = min(measured.pop("floor"), measured.pop("floor_one_thread"))
+    figures["floor_ms"], figures["floor_median_ms"] = floor
+    for name, (best, median) in measured.items():
+        figures[f"{name}_ms"], figures[f"{name}_median_ms"] = best, median
+    return figures
+
+
+def faiss_flat(matrix32: np.ndarray, queries: np.ndarray, repeats: int) -> dict[str, Any]:
+    """faiss IndexFlatIP on the same vectors, one query and a batch; numpy float32 on the batch."""
     import faiss
 
     figures: dict[str, Any] = {}
-    figures["numpy_fp32_ms"], _ = best_and_median(lambda: numpy_top_k(matrix32, queries[:1]), repeats)
     numpy_batch, _ = best_and_median(lambda: numpy_top_k(matrix32, queries), max(2, repeats // 5))
     figures["numpy_fp32_batch_ms_per_query"] = numpy_batch / BATCH
     flat = faiss.IndexFlatIP(DIM)
@@ -129,11 +186,15 @@ def exact_figures(count: int, folder: Path, repeats: int) -> dict[str, Any]:
     """One size: clipwidgets, numpy float32, faiss IndexFlatIP and the floor, one query and a batch."""
     queries = unit_vectors(BATCH, seed=1).astype(np.float32)
     matrix = unit_vectors(count, seed=count)
+    matrix32 = matrix.astype(np.float32)
     path = write_store(folder / f"exact_{count}.h5", matrix)
-    figures = ours(path, queries, repeats)
+    figures = single_query(path, matrix32, queries, repeats)
+    figures.update(ours_batch(path, queries, repeats))
     path.unlink()
-    figures.update(baselines(matrix.astype(np.float32), queries, repeats))
+    figures.update(faiss_flat(matrix32, queries, repeats))
     figures["ratio_vs_floor"] = figures["search_ms"] / figures["floor_ms"]
+    figures["ratio_vs_numpy_fp32"] = figures["search_ms"] / figures["numpy_fp32_ms"]
+    figures["busy_ratio_vs_numpy_fp32"] = figures["search_busy_ms"] / figures["numpy_fp32_ms"]
     figures["speedup_vs_faiss_flat"] = figures["faiss_flat_ms"] / figures["search_ms"]
     figures["speedup_vs_numpy_fp32"] = figures["numpy_fp32_ms"] / figures["search_ms"]
     figures["batch_speedup_per_query"] = figures["search_ms"] / figures["batch_ms_per_query"]
@@ -192,13 +253,16 @@ def run(quick: bool) -> dict[str, Any]:
             repeats = (10 if count >= 1_000_000 else 30) if not quick else 5
             measured = exact_figures(count, folder, repeats)
             figures.update({f"n{count}_{name}": value for name, value in measured.items()})
-            rows.append([count, measured["floor_ms"], measured["search_ms"], measured["ratio_vs_floor"],
-                         measured["numpy_fp32_ms"], measured["faiss_flat_ms"],
-                         measured["speedup_vs_faiss_flat"], measured["batch_ms_per_query"],
-                         measured["faiss_flat_batch_ms_per_query"], measured["equals_float64_reference"]])
-        print_table("Exact top-10, best of repeats (ms)", rows,
-                    ["N", "floor", "clipwidgets", "x floor", "numpy fp32", "faiss flat", "faiss / ours",
-                     "ours batch/q", "faiss batch/q", "= float64"])
+            rows.append([count, measured["floor_ms"], measured["search_ms"], measured["kernel"],
+                         measured["ratio_vs_floor"], measured["numpy_fp32_ms"],
+                         measured["ratio_vs_numpy_fp32"], measured["search_busy_ms"],
+                         measured["search_busy_median_ms"], measured["numpy_fp32_median_ms"],
+                         measured["faiss_flat_ms"], measured["batch_ms_per_query"],
+                         measured["equals_float64_reference"] and measured["equals_float64_reference_busy"]])
+        print_table("Exact top-10, best of interleaved repeats (ms); busy: the kernel a busy machine gets",
+                    rows,
+                    ["N", "floor", "clipwidgets", "kernel", "x floor", "numpy fp32", "/ numpy", "busy",
+                     "busy median", "numpy median", "faiss flat", "ours batch/q", "= float64"])
         ann = ann_figures(10_000 if quick else 200_000, folder, 20 if quick else 50)
         figures.update({f"ann_{name}": value for name, value in ann.items()})
         print_table("Approximate index (HNSW, clustered vectors)",
@@ -214,11 +278,68 @@ def run(quick: bool) -> dict[str, Any]:
     return figures
 
 
+SCALE_ROWS = 10_000_000
+SCALE_SEGMENTS = 10
+
+
+def scale_vectors(rows: int = SCALE_ROWS) -> np.memmap:
+    """A rows x 512 float16 memory map of unit vectors under benchmarks/results/cache/ (written once)."""
+    path = RESULTS_DIR / "cache" / f"vectors_{rows}x{DIM}.f16"
+    size = rows * DIM * 2
+    if not path.is_file() or path.stat().st_size != size:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".tmp")
+        out = np.memmap(partial, dtype=np.float16, mode="w+", shape=(rows, DIM))
+        step = 1 << 20
+        for first in range(0, rows, step):
+            out[first:first + step] = unit_vectors(min(step, rows - first), seed=first)
+        out.flush()
+        del out
+        partial.replace(path)
+    return np.memmap(path, dtype=np.float16, mode="r", shape=(rows, DIM))
+
+
+def scale_figures(rows: int = SCALE_ROWS, repeats: int = 5) -> dict[str, Any]:
+    """Exact top-10 over `rows` x 512 float16, memory-mapped in SCALE_SEGMENTS segments (the segmented
+    store's layout), page cache warm, against reading the mapped bytes once, interleaved."""
+    matrix = scale_vectors(rows)
+    per = rows // SCALE_SEGMENTS
+    blocks = [VectorBlock(matrix[first:first + per], np.arange(first, min(rows, first + per)))
+              for first in range(0, rows, per)]
+    index = ExactIndex(ImageScorer(BlockMatrix(blocks, rows, DIM)), rows)
+    query = unit_vectors(1, seed=9).astype(np.float32)[0]
+    floor = read_floor(np.asarray(matrix))
+    floor()  # warm the page cache
+    calls = {"floor": floor, "top10": lambda: index.top(query, K, None)}
+    measured = interleaved(calls, repeats * 2, rounds=2)
+    rows_found, _ = index.top(query, K, None)
+    step = 1 << 16
+    exact = np.concatenate([matrix[first:first + step].astype(np.float64) @ query.astype(np.float64)
+                            for first in range(0, rows, step)])
+    reference = np.lexsort((np.arange(rows), -exact))[:K]
+    return {"rows": rows, "segments": len(blocks), "floor_ms": measured["floor"][0],
+            "floor_median_ms": measured["floor"][1], "top10_ms": measured["top10"][0],
+            "top10_median_ms": measured["top10"][1],
+            "ratio_vs_floor": measured["top10"][0] / measured["floor"][0],
+            "equals_float64_reference": rows_found.tolist() == reference.tolist()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10k and 100k only, few repeats")
+    parser.add_argument("--scale", action="store_true", help="only the 10M x 512 memory-mapped exact search")
+    parser.add_argument("--scale-rows", type=int, default=SCALE_ROWS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scale:
+        scale = scale_figures(args.scale_rows)
+        print_table(f"Exact top-10 over {scale['rows']:,} x {DIM} float16, {scale['segments']} "
+                    "memory-mapped segments, warm page cache (ms)",
+                    [[scale[key] for key in ("floor_ms", "top10_ms", "ratio_vs_floor", "floor_median_ms",
+                                             "top10_median_ms", "equals_float64_reference")]],
+                    ["floor", "top-10", "x floor", "floor median", "top-10 median", "= float64"])
+        print(f"wrote {write_json(RESULTS_DIR / 'search_scale.json', scale)}")
+        return
     figures = run(args.quick)
     print(f"wrote {write_json(RESULTS_DIR / 'search.json', figures)}")
 

@@ -26,6 +26,7 @@ _EXPORTS = {
     "scan_images": "images",
     "make_thumbnail": "images",
     "Searcher": "searcher",
+    "SearchOptions": "searcher",
     "SearchResults": "searcher",
     "Hit": "searcher",
     "search": "searcher",

@@ -40,13 +40,16 @@ def index_paths(store: StoreReader) -> tuple[Path, Path]:
 
 
 def store_fingerprint(store: StoreReader) -> str:
-    """A digest of the store's row count, dimension, and a strided sample of paths and embeddings."""
-    embeddings = store.image_embeddings()
+    """A digest of the store's row count, dimension, and a strided sample of paths and embeddings
+    (read with `store.image_vectors`, so a segmented store is sampled, not loaded)."""
     paths = store.image_paths()
     step = max(1, len(paths) // _FINGERPRINT_ROWS)
-    digest = hashlib.sha1(f"{len(paths)}:{embeddings.shape}:{embeddings.dtype}".encode())
-    digest.update(np.ascontiguousarray(embeddings[::step]).tobytes())
-    digest.update(np.ascontiguousarray(embeddings[-1:]).tobytes())
+    sample = store.image_vectors(np.arange(0, len(paths), step, dtype=np.int64))
+    last = store.image_vectors(np.arange(len(paths) - 1, len(paths), dtype=np.int64)[-1:])
+    shape = (len(paths), int(store.model_meta["embed_dim"]))
+    digest = hashlib.sha1(f"{len(paths)}:{shape}:{sample.dtype}".encode())
+    digest.update(np.ascontiguousarray(sample).tobytes())
+    digest.update(np.ascontiguousarray(last).tobytes())
     digest.update("\n".join(paths[::step] + paths[-1:]).encode())
     return digest.hexdigest()
 

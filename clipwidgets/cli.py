@@ -365,25 +365,25 @@ def _add_search_parser(sub: Any) -> None:
 
 def _run_search(args: argparse.Namespace) -> int:
     from .query import parse_query
-    from .searcher import Searcher
+    from .searcher import Searcher, SearchOptions
 
     if args.like and (args.query or args.image):
         raise InvalidInputError("--like searches from an image of the store; give it without QUERY or "
                                 "--image (--negative still works).")
     if not (args.query or args.image or args.like):
         raise InvalidInputError("Nothing to search for: give QUERY text, --image PATH or --like PATH.")
-    options = {"k": args.k, "offset": args.offset, "negative": args.negative, "min_score": args.min_score,
-               "adaptive": args.adaptive, "dedup": args.dedup, "path_glob": args.glob,
-               "subset": args.subset, "target": args.caption_mode}
+    options = SearchOptions(k=args.k, offset=args.offset, negative=args.negative, min_score=args.min_score,
+                            adaptive=args.adaptive, dedup=args.dedup, path_glob=args.glob,
+                            subset=args.subset, target=args.caption_mode)
     with Searcher(args.store) as searcher:
         if args.query or args.image or args.negative:
             searcher.encoder = _load_encoder(args, searcher.store.model_meta)  # checks the model
         if args.like:
-            results = searcher.more_like(args.like, **options)
+            results = searcher.more_like(args.like, options)
         else:
             parts = [(part.weight, part.text) for part in parse_query(args.query)] if args.query else []
             query = parts + [(1.0, Path(args.image))] if args.image else args.query
-            results = searcher.search(query, **options)
+            results = searcher.search(query, options)
     if args.json:
         _print_json(results.to_records())
         return 0

@@ -5,6 +5,9 @@ When a parallel region ends, OpenMP runtimes keep their threads spinning for a w
 model batches the indexer's decoding workers need those cores, and a spinning thread takes one.
 `omp_pause_resource_all` (OpenMP 5.0) releases the calling thread's pool now; the next parallel
 region starts its threads again, which costs microseconds per batch.
+
+`one_thread()` runs a block single-threaded by changing only the calling thread's OpenMP setting
+(small search kernels use it: a short multi-threaded kernel stalls whenever another process holds a core).
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import ctypes
 import functools
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["rest_threads"]
+__all__ = ["one_thread", "rest_threads"]
 
 _OMP_PAUSE_SOFT = 1
 _RUNTIME = re.compile(r"/lib(gomp|omp|iomp5)[-.\w]*\.so[.\d]*$")  # GNU, LLVM and Intel OpenMP
@@ -52,3 +56,53 @@ def _loaded_runtimes() -> list[str]:
         return []
     fields = (line.split(maxsplit=5) for line in maps.splitlines())
     return sorted({parts[5] for parts in fields if len(parts) == 6 and _RUNTIME.search(parts[5])})
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with the calling thread's OpenMP parallel regions on one thread.
+
+    Only the calling thread's `nthreads` setting changes (OpenMP's `omp_set_num_threads` is
+    per thread), and it is restored on exit: other threads, torch's global thread count
+    (`torch.set_num_threads`) and BLAS pools are untouched. Without a loaded OpenMP runtime
+    nothing changes.
+    """
+    functions = _thread_functions()
+    if functions is None:
+        yield
+        return
+    import torch
+
+    get_threads, set_threads = functions
+    torch.get_num_threads()  # torch sets each thread's OpenMP count on first use: let it happen first
+    threads = get_threads()
+    if threads == 1:
+        yield
+        return
+    set_threads(1)
+    try:
+        yield
+    finally:
+        set_threads(threads)
+
+
+@functools.cache
+def _thread_functions() -> tuple[Callable[[], int], Callable[[int], None]] | None:
+    """(`omp_get_max_threads`, `omp_set_num_threads`) of torch's OpenMP runtime, if one is loaded.
+
+    Other libraries may load their own copy (faiss does): the one inside torch's folder comes first.
+    """
+    import torch
+
+    folder = str(Path(torch.__file__).parent)
+    for path in sorted(_loaded_runtimes(), key=lambda path: not path.startswith(folder)):
+        try:
+            library = ctypes.CDLL(path)
+            get_threads, set_threads = library.omp_get_max_threads, library.omp_set_num_threads
+        except (OSError, AttributeError):
+            continue
+        get_threads.restype = ctypes.c_int
+        set_threads.argtypes = [ctypes.c_int]
+        set_threads.restype = None
+        return get_threads, set_threads
+    return None

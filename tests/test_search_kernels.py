@@ -1,0 +1,131 @@
+"""The fast kernels: choice by CPU features (mocked) and size, error bounds, no global thread change."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from clipwidgets import cpu
+from clipwidgets.openmp import one_thread
+from clipwidgets.searching import kernels
+from clipwidgets.searching.kernels import Kernel, cpu_class, plan_kernel
+
+AVX512 = frozenset({"sse2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16"})
+AVX2 = frozenset({"sse2", "avx", "avx2", "fma", "f16c"})
+ARM = frozenset({"fp", "asimd", "bf16"})
+
+
+@pytest.fixture
+def flags(monkeypatch):
+    """Set the CPU's feature flags as clipwidgets.cpu reports them."""
+    def set_flags(value: frozenset[str]) -> None:
+        monkeypatch.setattr(cpu, "cpu_flags", lambda: value)
+    return set_flags
+
+
+def test_cpu_class_reads_the_feature_flags(flags):
+    for value, expected in ((AVX512, "avx512"), (AVX2, "avx2"), (ARM, "other"), (frozenset(), "other")):
+        flags(value)
+        assert cpu_class() == expected
+    assert cpu_class(AVX2 - {"f16c"}) == "other"
+
+
+@pytest.mark.parametrize(("value", "rows", "copy"), [
+    (AVX512, 10_000, True), (AVX512, 16_384, True), (AVX512, 30_000, False), (AVX512, 1_000_000, False),
+    (AVX2, 30_000, True), (AVX2, 40_000, False), (ARM, 100_000, True), (ARM, 1_000_000, False),
+])
+def test_float32_copy_only_where_blas_wins(flags, value, rows, copy):
+    flags(value)
+    plan = plan_kernel(rows, 512)
+    assert plan.copy_fp32 is copy and plan.cpu == cpu_class(value)
+
+
+def unit(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
+    rows = rng.standard_normal((count, dim))
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize(("copy", "busy", "name"), [(True, False, "fp32"), (True, True, "fp16, one thread"),
+                                                    (False, False, "fp16")])
+def test_every_kernel_stays_within_its_error_bound(dtype, copy, busy, name):
+    rng = np.random.default_rng(4)
+    matrix = unit(rng, 5000, 512).astype(dtype)
+    kernel = Kernel(matrix, kernels.KernelPlan(copy_fp32=copy, cpu="test"), busy=lambda: busy)
+    for query in unit(rng, 5, 512).astype(np.float32):
+        scores, eps = kernel.scores(query)
+        assert kernel.last == ("fp32" if dtype == np.float32 and not copy else name)
+        exact = matrix.astype(np.float64) @ query.astype(np.float64)
+        error = np.abs(scores.float().numpy() - exact).max()
+        assert 0 < error <= eps < 0.01
+    batch, eps = kernel.batch_scores(unit(rng, 3, 512).astype(np.float32))
+    assert batch.shape == (3, 5000)
+
+
+def test_busy_machine_changes_the_kernel_per_query():
+    matrix = unit(np.random.default_rng(1), 1000, 64).astype(np.float16)
+    state = {"busy": False}
+    kernel = Kernel(matrix, plan_kernel(1000, 64), busy=lambda: state["busy"])
+    query = unit(np.random.default_rng(2), 1, 64)[0].astype(np.float32)
+    quiet, _ = kernel.scores(query)
+    assert kernel.last == "fp32"
+    state["busy"] = True
+    loaded, _ = kernel.scores(query)
+    assert kernel.last == "fp16, one thread"
+    np.testing.assert_allclose(quiet.numpy(), loaded.float().numpy(), atol=2e-3)
+
+
+def test_one_thread_changes_only_the_calling_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: list[int] = []
+        inside = threading.Event()
+        done = threading.Event()
+
+        def other() -> None:
+            inside.wait(10)
+            torch.mv(torch.ones(8, 8), torch.ones(8))  # another thread keeps using torch meanwhile
+            seen.append(torch.get_num_threads())
+            done.set()
+
+        worker = threading.Thread(target=other)
+        worker.start()
+        started: list[int] = []
+        with one_thread():
+            single = torch.get_num_threads()
+            inside.set()
+            done.wait(10)
+            late = threading.Thread(target=lambda: started.append(torch.get_num_threads()))
+            late.start()  # torch.set_num_threads(1) here would give this thread 1 for its whole life
+            late.join()
+        worker.join()
+        assert single == 1  # fails where no OpenMP runtime is loaded (then nothing can be scoped)
+        assert seen == [2] and started == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_small_search_leaves_torch_threads_alone(monkeypatch):
+    monkeypatch.setattr(kernels, "machine_busy", lambda: True)
+    matrix = unit(np.random.default_rng(3), 2000, 64).astype(np.float16)
+    kernel = Kernel(matrix, plan_kernel(2000, 64))
+    before = torch.get_num_threads()
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    kernel.scores(unit(np.random.default_rng(4), 1, 64)[0].astype(np.float32))
+    assert kernel.last == "fp16, one thread" and calls == [] and torch.get_num_threads() == before
+
+
+def test_a_large_float32_matrix_is_scored_in_place():
+    matrix = unit(np.random.default_rng(6), 3000, 64).astype(np.float32)
+    kernel = Kernel(matrix, kernels.KernelPlan(copy_fp32=False, cpu="test"), busy=lambda: True)
+    assert kernel.half is None and np.shares_memory(kernel.copy, matrix)
+    query = unit(np.random.default_rng(7), 1, 64)[0].astype(np.float32)
+    scores, eps = kernel.scores(query)
+    assert kernel.last == "fp32"
+    assert np.abs(scores.numpy() - matrix.astype(np.float64) @ query.astype(np.float64)).max() <= eps
+    assert kernel.batch_scores(query[None, :])[0].shape == (1, 3000)
