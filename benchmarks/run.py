@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, fmt, format_table, machine_info, print_table, write_json
 
-BENCHMARKS = ("model", "indexing", "search", "store", "panel", "memory")
+BENCHMARKS = ("model", "indexing", "search", "store", "panel", "memory", "distributed")
 TIMEOUT_S = {True: 240, False: 3600}  # per benchmark, by quick
 
 
@@ -65,6 +65,8 @@ TARGETS = (
     Target("panel", "page of 24, warm thumbnails, ipykernel", "kernel_warm_ms", 100, False, "ms"),
     Target("memory", "search notebook kernel, peak RSS, fp32", "fp32_rss_mb", 1.5 * GB, False, "MiB"),
     Target("memory", "search notebook kernel, peak RSS, bf16", "bf16_rss_mb", 1.5 * GB, False, "MiB"),
+    Target("distributed", "Ray / local indexing throughput, one machine, fp32 (start-up apart)",
+           "ratio_ray_vs_local", 0.75, True, "x"),
 )
 
 

@@ -90,14 +90,16 @@ def _usable_cores() -> int:
 
 def index_images(images_dir: str | os.PathLike[str], store: EmbeddingStore | str | os.PathLike[str],
                  encoder: Any, *, batch_size: int = 32, workers: int | None = None, prune: bool = False,
-                 progress: bool = True) -> IndexReport:
+                 progress: bool = True, engine: str = "local", ray_address: str | None = None,
+                 ray_options: Any = None) -> IndexReport:
     """Embed the new and changed images under `images_dir` into `store`; returns an IndexReport.
 
     `store` is an EmbeddingStore open for writing, or a path: then the store is created (recording
     the encoder's model) or opened after checking its model and image root. `workers` decoding
     processes (default `default_workers`; 0 decodes in this process). `prune` removes entries whose
     files are gone. On Ctrl-C the work fully encoded so far is committed, then KeyboardInterrupt is
-    re-raised.
+    re-raised. `engine="ray"` decodes and encodes on a Ray cluster instead (`ray_address`, None: a
+    local Ray instance; `ray_options`: a `distributed.RayOptions`); see docs/distributed.md.
     """
     started = time.perf_counter()
     images_dir = Path(images_dir)
@@ -108,15 +110,23 @@ def index_images(images_dir: str | os.PathLike[str], store: EmbeddingStore | str
         raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}.")
     if workers is not None and workers < 0:
         raise InvalidInputError(f"workers must be 0 (decode in this process) or more, got {workers}.")
+    if engine not in ("local", "ray"):
+        raise InvalidInputError(f"Unknown engine {engine!r}: use 'local' or 'ray'.")
     owned = not isinstance(store, EmbeddingStore)
     if owned:
         store = EmbeddingStore.open_or_create(store, encoder.meta, images_dir)
     try:
         if not owned:
             _check_store(store, encoder, images_dir)
-        report = _index(images_dir, store, encoder, batch_size=batch_size,
-                        workers=default_workers(encoder.device) if workers is None else workers,
-                        prune=prune, progress=progress)
+        if engine == "ray":
+            from .distributed import index_with_ray
+
+            report = index_with_ray(images_dir, store, encoder, address=ray_address, options=ray_options,
+                                    batch_size=batch_size, prune=prune, progress=progress)
+        else:
+            report = _index(images_dir, store, encoder, batch_size=batch_size,
+                            workers=default_workers(encoder.device) if workers is None else workers,
+                            prune=prune, progress=progress)
     finally:
         if owned:
             store.close()
