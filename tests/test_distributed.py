@@ -44,6 +44,9 @@ def cluster():
     finally:
         ray.shutdown()
         nodes.shutdown()
+        _, alive = psutil.wait_procs(_encoding_actors(), timeout=60)  # workers notice their raylet is gone
+        for process in alive:
+            process.kill()
 
 
 def _start_cluster(attempts: int = 3) -> Cluster:
@@ -138,13 +141,14 @@ def test_an_encoding_actor_killed_mid_run(cluster, collection, reference, tmp_pa
 
     def add_images(self, paths, embeddings, sizes):
         if not killed:
-            [actor] = _encoding_actors()
+            before = _encoding_actors()  # this run's actor is the newest (an earlier run's may be ending)
+            actor = max(before, key=lambda process: process.create_time())
             actor.send_signal(signal.SIGKILL)
             actor.wait(30)
             killed.append(actor.pid)
             deadline = time.monotonic() + 120
             while not replaced and time.monotonic() < deadline:  # Ray restarts it
-                replaced.extend(process.pid for process in _encoding_actors() if process.pid != actor.pid)
+                replaced.extend(process.pid for process in _encoding_actors() if process not in before)
                 time.sleep(0.2)
         original(self, paths, embeddings, sizes)
 
