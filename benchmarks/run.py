@@ -24,7 +24,7 @@ from typing import Any
 from benchmarks.common import RESULTS_DIR, fmt, format_table, machine_info, print_table, write_json
 
 BENCHMARKS = ("model", "indexing", "search", "store", "scale", "panel", "memory", "feedback", "explore",
-              "app")
+              "app", "distributed")
 TIMEOUT_S = {True: 240, False: 3600}  # per benchmark, by quick
 
 
@@ -97,6 +97,8 @@ TARGETS = (
     Target("app", "query -> 24 results, p95, 20 sessions at 1 query/s", "query_p95_ms", 300, False, "ms"),
     Target("app", "store missing (8,091 images): model loaded -> first results",
            "first_minute_after_model_s", 30, False, "s"),
+    Target("distributed", "Ray / local indexing throughput, one machine, fp32 (start-up apart)",
+           "ratio_ray_vs_local", 0.75, True, "x"),
 )
 
 

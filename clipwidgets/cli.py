@@ -48,12 +48,13 @@ def _safe_output() -> None:
             reconfigure(errors="backslashreplace")
 
 
-def _load_encoder(args: argparse.Namespace, store_meta: dict[str, Any] | None = None) -> Encoder:
+def _load_encoder(args: argparse.Namespace, store_meta: dict[str, Any] | None = None, *,
+                  device: str = "auto") -> Encoder:
     """The model named on the command line, else the one recorded in the store, else the default."""
     from .model_choice import encoder_for
 
     return encoder_for(store_meta, getattr(args, "model", None), getattr(args, "pretrained", None),
-                       precision=getattr(args, "precision", "auto") or "auto")
+                       device=device, precision=getattr(args, "precision", "auto") or "auto")
 
 
 def _existing_store_model(store_path: str) -> dict[str, Any] | None:
@@ -146,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "model, all cores but one beside a GPU; 0: decode in this process)")
     index.add_argument("--prune", action="store_true", help="remove entries whose files are gone")
     index.add_argument("--json", action="store_true", help="print only a JSON summary on stdout")
+    index.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                       help="decode and encode on a Ray cluster (its address, or 'auto'; none: start a "
+                       "local Ray instance); see docs/distributed.md")
+    index.add_argument("--ray-actors", type=int, metavar="N", help="encoding actors (default: one per "
+                       "GPU of the cluster, else one per node)")
+    index.add_argument("--ray-gpus", type=float, metavar="G", help="GPUs per encoding actor (default: 1 "
+                       "on a cluster with GPUs; 0: CPU actors)")
     index.set_defaults(run=_run_index)
 
     _add_flickr8k_parsers(sub)
@@ -195,9 +203,12 @@ def _run_index(args: argparse.Namespace) -> int:
     if not Path(args.images_dir).is_dir():
         raise InvalidInputError(f"Image folder {args.images_dir} does not exist or is not a folder; "
                                 "give the folder that holds your images.")
-    encoder = _load_encoder(args, _existing_store_model(args.store))
+    ray_options = _ray_options(args)
+    encoder = _load_encoder(args, _existing_store_model(args.store), device="cpu" if ray_options else "auto")
     report = index_images(args.images_dir, args.store, encoder, batch_size=args.batch_size,
-                          workers=args.workers, prune=args.prune)
+                          workers=args.workers, prune=args.prune,
+                          engine="ray" if ray_options else "local", ray_address=args.ray or None,
+                          ray_options=ray_options)
     if args.json:
         _print_json(report.to_dict())
         return 0
@@ -215,6 +226,18 @@ def _run_index(args: argparse.Namespace) -> int:
     if report.missing:
         print(f"{report.missing:,} entries whose files are gone were kept; --prune removes them.")
     return 0
+
+
+def _ray_options(args: argparse.Namespace) -> Any:
+    """RayOptions for `index --ray` (the actors build the model themselves: "auto" precision picks
+    fp16 on GPU actors), or None without --ray."""
+    if args.ray is None:
+        return None
+    from .distributed import RayOptions
+
+    checkpoint = args.pretrained if args.pretrained and Path(args.pretrained).expanduser().is_file() else None
+    return RayOptions(actors=args.ray_actors, gpus_per_actor=args.ray_gpus, checkpoint=checkpoint,
+                      precision=args.precision)
 
 
 def _run_import_npy(args: argparse.Namespace) -> int:

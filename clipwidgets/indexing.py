@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,8 +30,11 @@ from .malloc import reuse_freed_memory
 from .store import EmbeddingStore, StoreDiff
 from .types import PathLike, PixelEncoder
 
-__all__ = ["BAD_NAME", "MAX_BATCH_SIZE", "PREFETCH_BATCHES", "IndexReport", "RunPlan", "default_workers",
-           "finish_report", "index_images", "plan_run"]
+if TYPE_CHECKING:
+    from .distributed import RayOptions
+
+__all__ = ["BAD_NAME", "MAX_BATCH_SIZE", "PREFETCH_BATCHES", "IndexReport", "Normaliser", "RunPlan",
+           "default_workers", "finish_report", "index_images", "plan_run"]
 
 PREFETCH_BATCHES = 2  # batches decoded ahead of the model
 MAX_BATCH_SIZE = 4096  # images per model call, at most: a batch is held in memory (~0.6 MB per 224-px image)
@@ -79,14 +82,16 @@ def _usable_cores() -> int:
 
 def index_images(images_dir: PathLike, store: EmbeddingStore | PathLike, encoder: PixelEncoder, *,
                  batch_size: int = 32, workers: int | None = None, prune: bool = False,
-                 progress: bool = True) -> IndexReport:
+                 progress: bool = True, engine: str = "local", ray_address: str | None = None,
+                 ray_options: RayOptions | None = None) -> IndexReport:
     """Embed the new and changed images under `images_dir` into `store`; returns an IndexReport.
 
     `store` is an EmbeddingStore open for writing, or a path: then the store is created (recording
     the encoder's model) or opened after checking its model and image root. `workers` decoding
     processes (default `default_workers`; 0 decodes in this process). `prune` removes entries whose
     files are gone. On Ctrl-C the work fully encoded so far is committed, then KeyboardInterrupt is
-    re-raised.
+    re-raised. `engine="ray"` decodes and encodes on a Ray cluster instead (`ray_address`, None: a
+    local Ray instance; `ray_options`: a `distributed.RayOptions`); see docs/distributed.md.
     """
     started = time.perf_counter()
     images_dir = Path(images_dir)
@@ -99,15 +104,23 @@ def index_images(images_dir: PathLike, store: EmbeddingStore | PathLike, encoder
                                 "224 px). Use 32 (the default) on a CPU, 128-512 on a GPU.")
     if workers is not None and workers < 0:
         raise InvalidInputError(f"workers must be 0 (decode in this process) or more, got {workers}.")
+    if engine not in ("local", "ray"):
+        raise InvalidInputError(f"Unknown engine {engine!r}: use 'local' or 'ray'.")
     owned = not isinstance(store, EmbeddingStore)
     opened = store if isinstance(store, EmbeddingStore) else EmbeddingStore.open_or_create(
         store, encoder.meta, images_dir)
     try:
         if not owned:
             _check_store(opened, encoder, images_dir)
-        report = _index(images_dir, opened, encoder, batch_size=batch_size,
-                        workers=default_workers(encoder.device) if workers is None else workers,
-                        prune=prune, progress=progress)
+        if engine == "ray":
+            from .distributed import index_with_ray
+
+            report = index_with_ray(images_dir, opened, encoder, address=ray_address, options=ray_options,
+                                    batch_size=batch_size, prune=prune, progress=progress)
+        else:
+            report = _index(images_dir, opened, encoder, batch_size=batch_size,
+                            workers=default_workers(encoder.device) if workers is None else workers,
+                            prune=prune, progress=progress)
     finally:
         if owned:
             opened.close()
@@ -195,7 +208,7 @@ def _storable(relpath: str) -> bool:
 def _encode_all(images_dir: Path, todo: list[str], encoder: PixelEncoder, committer: Committer, bar: Any, *,
                 batch_size: int, workers: int) -> None:
     spec = ModelInputSpec.from_meta(encoder.meta["preprocess"])
-    to_tensor = _Normaliser(encoder, spec)
+    to_tensor = Normaliser(encoder, spec)
     # Workers even for a few files (starting them costs ~0.1 s): a decoder that crashes or hangs
     # must take down a worker, never this process.
     workers = min(workers, len(todo))
@@ -231,7 +244,7 @@ def _model_turn(model_idle: Any) -> Iterator[None]:
         model_idle.set()
 
 
-def _encode_batches(decoded: Iterator[tuple[str, Decoded]], encoder: PixelEncoder, to_tensor: _Normaliser,
+def _encode_batches(decoded: Iterator[tuple[str, Decoded]], encoder: PixelEncoder, to_tensor: Normaliser,
                     committer: Committer, bar: Any, *, batch_size: int, model_idle: Any = None) -> None:
     paths: list[str] = []
     pixels: list[np.ndarray] = []
@@ -261,7 +274,7 @@ def _encode_batches(decoded: Iterator[tuple[str, Decoded]], encoder: PixelEncode
         flush()
 
 
-class _Normaliser:
+class Normaliser:
     """uint8 (H, W, 3) arrays from the workers -> the model's float batch, as ToTensor + Normalize.
 
     The same float32 operations in the same order (x / 255, - mean, / std), done in place on the

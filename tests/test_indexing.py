@@ -152,11 +152,11 @@ def test_other_resize_modes_use_the_models_own_transform(photo_dir, tmp_path, ti
 def test_batch_normalisation_is_the_encoders_exactly(tiny_encoder):
     from PIL import Image
 
-    from clipwidgets.indexing import _Normaliser
+    from clipwidgets.indexing import Normaliser
 
     spec = ModelInputSpec.from_meta(tiny_encoder.meta["preprocess"])
     pixels = [np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8) for seed in range(3)]
-    batch = _Normaliser(tiny_encoder, spec)(pixels)
+    batch = Normaliser(tiny_encoder, spec)(pixels)
     expected = np.stack([tiny_encoder.preprocess(Image.fromarray(array)).numpy() for array in pixels])
     np.testing.assert_array_equal(batch.numpy(), expected)
 
