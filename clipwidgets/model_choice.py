@@ -2,12 +2,13 @@
 
 An explicit `model` wins, else the model recorded in the store, else `DEFAULT_MODEL`. The weights
 are the explicit `pretrained`, else the store's when the model is the store's, else
-`DEFAULT_PRETRAINED` (the `tiny` test model has none).
+`DEFAULT_PRETRAINED` (the `tiny` test model has none but a checkpoint file named explicitly).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .settings import DEFAULT_MODEL, DEFAULT_PRETRAINED, TINY_MODEL
@@ -23,8 +24,8 @@ def choose_model(store_meta: Mapping[str, Any] | None, model: str | None = None,
     """(model name, pretrained tag or checkpoint) for a store whose model is `store_meta` (None: no store)."""
     store_name = store_meta["name"] if store_meta else None
     name = model or store_name or DEFAULT_MODEL
-    if name == TINY_MODEL:
-        return name, None
+    if name == TINY_MODEL:  # random weights, unless a checkpoint file is named
+        return name, pretrained if pretrained and Path(pretrained).expanduser().is_file() else None
     if pretrained:
         return name, pretrained
     if store_meta and name == store_name:
