@@ -34,7 +34,8 @@ from .images import ModelInputSpec, load_model_inputs
 from .indexing import IndexReport, Normaliser, finish_report, plan_run
 from .store import EmbeddingStore
 
-__all__ = ["EncoderRecipe", "RayIndexingError", "RayOptions", "index_with_ray"]
+__all__ = ["DECODE_RETRIES", "LOCAL_OBJECT_STORE_BYTES", "LOCAL_START_ATTEMPTS", "EncoderRecipe",
+           "RayIndexingError", "RayOptions", "index_with_ray"]
 
 logger = logging.getLogger(__name__)
 DECODE_RETRIES = 3  # a decoding task whose worker dies is retried this many times, then the run stops

@@ -13,7 +13,12 @@ __all__ = ["CARD_WIDTH_PX", "DETAIL_SIDE", "Card", "DetailView"]
 
 CARD_WIDTH_PX = DEFAULT_SIDE + 24
 DETAIL_SIDE = 512
-_SMALL = widgets.Layout(width="auto")
+
+
+def _small() -> widgets.Layout:
+    """A fresh Layout per button: a widget shared between panels belongs to the session that made it
+    first (in the app each session has its own widget models), so no Layout is shared."""
+    return widgets.Layout(width="auto")
 
 
 class Card:
@@ -26,13 +31,13 @@ class Card:
         self.image = widgets.Image(format="jpeg", layout=widgets.Layout(max_width=f"{DEFAULT_SIDE}px"))
         self.text = widgets.HTML()
         like = widgets.Button(description="More like this", tooltip="Find images like this one",
-                              layout=_SMALL)
+                              layout=_small())
         detail = widgets.Button(description="open", tooltip="Show the large image, path and captions",
-                                layout=_SMALL)
+                                layout=_small())
         self.relevant = widgets.ToggleButton(description="more", icon="thumbs-up", tooltip="Mark: more "
-                                             "like this one (used by Refine)", layout=_SMALL)
+                                             "like this one (used by Refine)", layout=_small())
         self.irrelevant = widgets.ToggleButton(description="fewer", icon="thumbs-down", tooltip="Mark: "
-                                               "fewer like this (used by Refine)", layout=_SMALL)
+                                               "fewer like this (used by Refine)", layout=_small())
         self.relevant.add_class("clipwidgets-mark-relevant")
         self.irrelevant.add_class("clipwidgets-mark-irrelevant")
         self._quiet = False

@@ -116,6 +116,7 @@ class PanelView(widgets.VBox):
         self._detail_position = -1
         self.add_class("clipwidgets-panel")
         self.grid.add_class("clipwidgets-grid")
+        self.status_line.add_class("clipwidgets-status")
 
         self.query_box.observe(self._on_query, names="value")
         for box in (self.negative_box, self.min_score_box, self.label_box):

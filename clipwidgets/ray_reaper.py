@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
-__all__ = ["descendants", "identity", "kill_all", "main"]
+__all__ = ["POLL_S", "descendants", "identity", "kill_all", "main"]
 
 POLL_S = 0.5
 

@@ -8,6 +8,8 @@ scored in place (large ones, forced here by a zero float32-copy limit).
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -139,6 +141,9 @@ def test_approximate_index_over_split_blocks(segment_store, tmp_path):
 
     path = tmp_path / "ann.h5"
     path.write_bytes(segment_store.read_bytes())
+    segments = segment_store.with_name(segment_store.name + ".d")
+    if segments.is_dir():  # a format-2 store is its file and the segment folder beside it
+        shutil.copytree(segments, path.with_name(path.name + ".d"))
     with EmbeddingStore.open(path) as writer:
         build_ann_index(writer)
     query = unit_rows(np.random.default_rng(6), 1)[0]

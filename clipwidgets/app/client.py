@@ -109,19 +109,19 @@ class AppSession:
 
     def more_like(self, position: int) -> float:
         """Click "More like this" on the card at `position`; returns the seconds until answered."""
-        card = self.children(self.children(self.panel_id())[3])[position]
+        card = self.children(self._with_class("clipwidgets-grid"))[position]
         buttons = self.children(self.children(card)[2])
         return self._call("comm_msg", {"comm_id": buttons[0], "data": {
             "method": "custom", "content": {"event": "click"}}})
 
     def status(self) -> str:
         """The status line's text (HTML tags removed)."""
-        html = self.widgets[self.children(self.panel_id())[1]].get("value", "")
-        return _strip_tags(html)
+        status = self._with_class("clipwidgets-status")
+        return "" if status is None else _strip_tags(self.widgets[status].get("value", ""))
 
     def card_names(self) -> list[str]:
         """The file names on the cards the grid shows, in order."""
-        grid = self.children(self.panel_id())[3]
+        grid = self._with_class("clipwidgets-grid")
         names = []
         for card in self.children(grid):
             found = _NAME.search(self.widgets[self.children(card)[1]].get("value", ""))
@@ -130,8 +130,12 @@ class AppSession:
 
     def panel_id(self) -> str | None:
         """The model id of the SearchPanel, once the app has sent it."""
+        return self._with_class("clipwidgets-panel")
+
+    def _with_class(self, dom_class: str) -> str | None:
+        """The model id of the widget with CSS class `dom_class` (the panel marks its parts so)."""
         for model_id, state in self.widgets.items():
-            if "clipwidgets-panel" in state.get("_dom_classes", ()):
+            if dom_class in state.get("_dom_classes", ()):
                 return model_id
         return None
 
