@@ -297,8 +297,9 @@ class _DecodePool:
         while chunks or in_flight:
             try:
                 while chunks and len(in_flight) < self.max_in_flight:
-                    number, chunk = chunks.popleft()
+                    number, chunk = chunks[0]  # leaves `chunks` only once submitted: a pool that
                     in_flight.append((number, chunk, self._submit(images_dir, number, chunk)))
+                    chunks.popleft()  # broke before would otherwise lose this chunk
                 results = self._received(self._result(in_flight[0][2]))
             except BrokenProcessPool:
                 chunks.extendleft(reversed([(number, chunk) for number, chunk, _ in in_flight]))

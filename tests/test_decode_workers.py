@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import psutil
@@ -136,3 +137,23 @@ def test_a_script_without_a_main_guard_decodes_in_workers_and_is_not_rerun(tmp_p
     assert json.loads(done.stdout.splitlines()[-1]) == {"indexed": 6, "decoded_here": 0}
     assert len(runs.read_text().split()) == 1, "the script ran again in a worker process"
     assert "could not start" not in done.stderr
+
+
+def test_a_pool_found_broken_while_submitting_loses_no_chunk(photo_dir, tiny_encoder, monkeypatch):
+    """A worker that dies while more chunks are being submitted breaks the pool under `submit`
+    itself; the chunk being submitted must still come back (it once went missing: a flaky test)."""
+    submit = decode_workers._DecodePool._submit
+    calls = []
+
+    def breaks_once(pool, images_dir, number, chunk):
+        calls.append(number)
+        if len(calls) == 3:  # the third submission finds the pool broken
+            raise BrokenProcessPool("a worker died while chunks were being submitted")
+        return submit(pool, images_dir, number, chunk)
+
+    monkeypatch.setattr(decode_workers._DecodePool, "_submit", breaks_once)
+    relpaths = list(scan_images(photo_dir))
+    spec = ModelInputSpec.from_meta(tiny_encoder.meta["preprocess"])
+    results = list(decode_in_order(photo_dir, relpaths, spec, workers=1, window=4))
+    assert [path for path, _ in results] == relpaths
+    assert all(not isinstance(result, str) for _, result in results)
