@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_widgets import build_store
 
 from clipwidgets.embedding_map import EmbeddingMap, kmeans, pca_2d, project
 from clipwidgets.errors import InvalidInputError
 from clipwidgets.widgets import SearchPanel
-from tests.test_widgets import build_store
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from test_widgets import build_store
 
 from clipwidgets.errors import InvalidInputError
 from clipwidgets.explain import heatmap_overlay, occlusion_map
 from clipwidgets.searcher import Searcher
 from clipwidgets.widgets import SearchPanel
-from tests.test_widgets import build_store
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_widgets import build_store
 
 from clipwidgets.errors import InvalidInputError
 from clipwidgets.feedback import FeedbackMarks, FeedbackWeights, rocchio
 from clipwidgets.searcher import Searcher
 from clipwidgets.widgets import SearchPanel
-from tests.test_widgets import build_store
 
 
 @pytest.fixture(scope="module")

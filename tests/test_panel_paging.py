@@ -7,9 +7,9 @@ only to count the calls that reach them.
 from __future__ import annotations
 
 import pytest
+from test_widgets import NUM_IMAGES, build_store
 
 from clipwidgets.widgets import SearchPanel
-from tests.test_widgets import NUM_IMAGES, build_store
 
 
 @pytest.fixture(scope="module")
