@@ -16,35 +16,16 @@ from pathlib import Path
 
 import pytest
 from apphelpers import AppProcess, free_port
+from browser import CHROMIUM, CHROMIUM_ARGS, require_browser
 
 from clipwidgets.synthetic import make_photos
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 START_TIMEOUT_S = 120
 PAGE_TIMEOUT_MS = 120_000
 NUM_IMAGES = 30
 PER_PAGE = 24
-
-
-def require_browser() -> None:
-    """Skip (outside CI) or fail (in CI) when Chromium or Playwright is missing."""
-    problem = None
-    if not CHROMIUM.exists():
-        problem = f"{CHROMIUM} is not installed (apt-get install -y chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "playwright for Python is not installed (pip install playwright)"
-    if problem is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run the browser test, but {problem}.")
-    pytest.skip(f"no browser for the app test: {problem}")
 
 
 def non_loopback_address() -> str | None:

@@ -16,41 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apphelpers import free_port
+from browser import CHROMIUM, CHROMIUM_ARGS, require_browser
 
 from clipwidgets.synthetic import make_photos
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 120_000
 NUM_IMAGES = 30
 PER_PAGE = 12
 MAP_POINTS = 8091
 QUERY = "a red ball on the grass"
-
-
-def require_browser() -> None:
-    problem = None
-    if not CHROMIUM.exists():
-        problem = f"{CHROMIUM} is not installed (apt-get install -y chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "playwright for Python is not installed (pip install playwright)"
-    if problem is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run the browser tests, but {problem}.")
-    pytest.skip(f"no browser: {problem}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
