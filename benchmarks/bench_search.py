@@ -16,6 +16,7 @@ once under benchmarks/results/cache/, page cache warmed first) against its read 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -217,8 +218,11 @@ def ann_figures(count: int, folder: Path, queries: int) -> dict[str, Any]:
                              exact.search(q, k=K)}) for q in probes)
         ann_ms, _ = best_and_median(lambda: [approximate.search(q, k=K) for q in probes[:10]], 3)
         exact_ms, _ = best_and_median(lambda: [exact.search(q, k=K) for q in probes[:10]], 3)
-    for leftover in folder.glob(f"ann_{count}.h5*"):
-        leftover.unlink()
+    for leftover in folder.glob(f"ann_{count}.h5*"):  # the store, its segment folder and the index
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
     return {"n": count, "build_s": build_s, "search_ms": ann_ms / 10, "exact_search_ms": exact_ms / 10,
             "recall_at_10": found / (K * len(probes)), "queries": len(probes)}
 
