@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clipwidgets import cpu
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -79,3 +81,12 @@ def store_factory(tmp_path_factory, tiny_encoder):
         return path
 
     return make
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch):
+    """Set the CPU feature flags clipwidgets.cpu reports: cpu_flags({"avx2"})."""
+    def set_flags(flags, machine="x86_64"):
+        monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
+    return set_flags

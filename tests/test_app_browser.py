@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from apphelpers import AppProcess, free_port
-from browser import CHROMIUM, CHROMIUM_ARGS, require_browser
+from browser import CHROMIUM, CHROMIUM_ARGS, card_names, require_browser, search_and_wait
 
 from clipwidgets.synthetic import make_photos
 
@@ -105,22 +105,11 @@ def browser_page():
             browser.close()
 
 
-def card_names(page) -> list[str]:
-    return page.locator(".clipwidgets-card .clipwidgets-name").all_inner_texts()
-
-
-def search_and_wait(page, text: str) -> list[str]:
-    """Type `text` in the panel's first text box, press Enter, wait for a page of loaded images."""
-    query = page.locator(".clipwidgets-panel input[type=text]").first
-    query.wait_for(timeout=PAGE_TIMEOUT_MS)
-    query.fill(text)
-    query.press("Enter")
-    page.wait_for_function(
-        "n => [...document.querySelectorAll('.clipwidgets-card img')]"
-        ".filter(img => img.complete && img.naturalWidth > 0).length === n",
-        arg=PER_PAGE, timeout=60_000)
+def search_page(page, text: str) -> list[str]:
+    """Search from the panel and wait for a full page of loaded images."""
+    names = search_and_wait(page, text, per_page=PER_PAGE, timeout_ms=PAGE_TIMEOUT_MS)
     assert page.locator(".clipwidgets-card img").count() == PER_PAGE
-    return card_names(page)
+    return names
 
 
 def click_more_like_this(page, position: int) -> list[str]:
@@ -204,7 +193,7 @@ def test_the_detail_view_opens_and_closes(app_url, browser_page):
     url, _, _ = app_url
     page = browser_page
     page.goto(url, timeout=PAGE_TIMEOUT_MS)
-    search_and_wait(page, "a red ball on the grass")
+    search_page(page, "a red ball on the grass")
     first = card_names(page)[0]
     page.locator(".clipwidgets-card").first.get_by_role("button", name="open").click()
     page.locator(".clipwidgets-detail img").wait_for(timeout=30_000)
@@ -236,7 +225,7 @@ def test_the_panel_in_jupyterlab(app_store, browser_page, tmp_path):
         page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=PAGE_TIMEOUT_MS)
         page.locator(".jp-Notebook .jp-Cell .cm-content").first.click(timeout=PAGE_TIMEOUT_MS)
         page.keyboard.press("Shift+Enter")
-        before = search_and_wait(page, "a dog on the beach")
+        before = search_page(page, "a dog on the beach")
         after = click_more_like_this(page, 5)
         assert after != before and after[0] == before[5]
         page.screenshot(path=str(tmp_path / "lab.png"))

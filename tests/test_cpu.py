@@ -9,14 +9,6 @@ import pytest
 from clipwidgets import cpu
 
 
-@pytest.fixture
-def flags(monkeypatch):
-    def set_flags(values, machine="x86_64"):
-        monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(values))
-        monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
-    return set_flags
-
-
 def test_cpu_flags_reads_this_machine():
     cpu.cpu_flags.cache_clear()
     found = cpu.cpu_flags()
@@ -33,22 +25,22 @@ def test_cpu_flags_reads_this_machine():
     ({"asimd"}, "aarch64", False, "bf16"),
     (set(), "x86_64", False, "avx512_bf16 or amx_bf16"),
 ])
-def test_native_bf16_by_flags(flags, values, machine, native, missing):
-    flags(values, machine)
+def test_native_bf16_by_flags(cpu_flags, values, machine, native, missing):
+    cpu_flags(values, machine)
     assert cpu.native_bf16() is native
     assert cpu.missing_bf16_feature() == missing
 
 
-def test_benchmarks_use_the_cpu_flags_not_onednn(flags, monkeypatch):
+def test_benchmarks_use_the_cpu_flags_not_onednn(cpu_flags, monkeypatch):
     """oneDNN reports bf16 support on AVX512 CPUs without bf16 instructions; the benchmarks must not."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
     from benchmarks import bench_model
     from benchmarks.common import bf16_skip_note, cpu_supports_bf16
 
-    flags({"avx2", "avx512f", "avx512bw"})
+    cpu_flags({"avx2", "avx512f", "avx512bw"})
     assert cpu_supports_bf16() is False
     assert ("cpu", "bf16") not in bench_model.precisions()
     assert "avx512_bf16 or amx_bf16" in bf16_skip_note()
-    flags({"avx2", "avx512f", "avx512_bf16"})
+    cpu_flags({"avx2", "avx512f", "avx512_bf16"})
     assert cpu_supports_bf16() is True
     assert ("cpu", "bf16") in bench_model.precisions()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from apphelpers import free_port
-from browser import CHROMIUM, CHROMIUM_ARGS, require_browser
+from browser import CHROMIUM, CHROMIUM_ARGS, card_names, require_browser, search_and_wait
 
 from clipwidgets.synthetic import make_photos
 
@@ -109,19 +109,8 @@ def run_cell(page, index: int) -> None:
     page.keyboard.press("Control+Enter")
 
 
-def card_names(page) -> list[str]:
-    return page.locator(".clipwidgets-card .clipwidgets-name").all_inner_texts()
-
-
 def search(page, text: str) -> list[str]:
-    box = page.locator(".clipwidgets-panel input[type=text]").first
-    box.wait_for(timeout=TIMEOUT_MS)
-    box.fill(text)
-    box.press("Enter")
-    page.wait_for_function(
-        "n => [...document.querySelectorAll('.clipwidgets-card img')]"
-        ".filter(img => img.complete && img.naturalWidth > 0).length === n", arg=PER_PAGE, timeout=60_000)
-    return card_names(page)
+    return search_and_wait(page, text, per_page=PER_PAGE, timeout_ms=TIMEOUT_MS)
 
 
 def drawn_pixels(canvas) -> int:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from clipwidgets import cpu
 from clipwidgets.errors import InvalidInputError, ModelLoadError
 from clipwidgets.model import (
     PrecisionWarning,
@@ -69,15 +68,6 @@ def test_text_cut_handles_full_length_text(tiny_encoder):
     with torch.no_grad():
         reference = tiny_encoder.model.encode_text(tokens, normalize=True).numpy()
     np.testing.assert_allclose(tiny_encoder.encode_texts([long_text]), reference, atol=1e-5)
-
-
-@pytest.fixture
-def cpu_flags(monkeypatch):
-    """Set the CPU feature flags clipwidgets.cpu reports: cpu_flags({"avx2"})."""
-    def set_flags(flags, machine="x86_64"):
-        monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
-        monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
-    return set_flags
 
 
 def test_bf16_encoder_agrees_with_fp32(tiny_encoder, cpu_flags):
