@@ -187,6 +187,9 @@ def _start_local_ray(attempts: int = LOCAL_START_ATTEMPTS) -> list[str]:
     """
     import ray
 
+    # A local instance is this machine's own: it reports no usage statistics (Ray's telemetry, and
+    # Ray Data's queries of a Prometheus server that is not there) unless the user asked for them.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     before = set(ray_reaper.descendants([os.getpid()])) if _HAS_PROC else set()
     attempt = 1
     while True:
