@@ -38,6 +38,7 @@ PHOTOS = 40
 @pytest.fixture(scope="module")
 def cluster():
     """Two Ray nodes with 1 CPU each on this machine, shared by the module's tests."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline: no telemetry, as local runs do
     nodes = _start_cluster()
     try:
         yield nodes
