@@ -6,14 +6,15 @@ decaying spectrum, and 1% planted near-copies (cosine ~0.98 to their original).
 - map: PCA projection of 8,091 vectors plus building the jupyter-scatter widget (the Python side of
   "8,091 points on screen"; the browser side is timed by tests/test_explore_browser.py), and the PCA
   projection of 1,000,000 vectors (quick mode: 250,000, scaled linearly).
-- duplicates: `duplicate_rows` (exact) at 8,091 and 100,000 vectors (quick: 8,091 and 12,000), and
-  1,000,000 extrapolated from the largest run by the kernel's quadratic cost (N**2 / 2 pairs); the
-  approximate stage against exact at 100,000 (quick: 12,000): pair recall, planted near-copies found,
-  identical groups; full mode: `find_duplicates` on a 1M-image store (auto: the approximate stage).
+- duplicates: `duplicate_rows` (exact) at 8,091; the approximate stage against exact at 100,000
+  (quick: 12,000): pair recall, planted near-copies found, identical groups, and exact extrapolated
+  to 1M by its quadratic cost (N**2 / 2 pairs); full mode: `find_duplicates` on a 1M-image store
+  (method auto: the approximate stage).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -78,7 +79,7 @@ def map_figures(big: int) -> dict[str, float]:
 
 
 def duplicate_figures(sizes: tuple[int, ...]) -> dict[str, float]:
-    """The exact kernel at each size, extrapolated to 1M by its quadratic cost."""
+    """The exact kernel at each size."""
     from clipwidgets.duplicates import DuplicateStats, duplicate_rows
 
     figures: dict[str, float] = {}
@@ -91,10 +92,6 @@ def duplicate_figures(sizes: tuple[int, ...]) -> dict[str, float]:
         figures[f"duplicates_{count}_candidates"] = stats.candidates
         figures[f"duplicates_{count}_pairs_per_s"] = stats.pairs / seconds
         figures["duplicates_kernel"] = stats.kernel  # type: ignore[assignment]
-    largest = max(sizes)
-    scale = (1_000_000 / largest) ** 2
-    figures["duplicates_exact_1m_extrapolated_s"] = figures[f"duplicates_{largest}_s"] * scale
-    figures["duplicates_extrapolated_from"] = largest
     return figures
 
 
@@ -172,14 +169,101 @@ def store_figures(count: int) -> dict[str, Any]:
             "store_planted_recall": found}
 
 
+def browser_map_figures(count: int = 8091, repeats: int = 3) -> dict[str, Any]:
+    """Seconds from opening the map in `clipwidgets app` (the server creates the EmbeddingMap of
+    `count` points, colour by cluster) to its points drawn in headless Chromium (software WebGL),
+    polled by screenshots; a fresh page each time. Beside it, the Python side of the same map in this
+    process. Empty when Chromium or Playwright is missing."""
+    import tempfile
+
+    from benchmarks.bench_app import CHROMIUM, CHROMIUM_ARGS, App
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return {}
+    if not CHROMIUM.exists():
+        return {}
+    from clipwidgets.embedding_map import EmbeddingMap
+    from clipwidgets.model import load_model
+    from clipwidgets.store import EmbeddingStore
+
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        meta = load_model("tiny").meta
+        vectors = np.random.default_rng(0).normal(size=(count, int(meta["embed_dim"]))).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        with EmbeddingStore.create(folder / "map.h5", meta, folder / "images") as store:
+            store.add_images([f"img_{i:05d}.jpg" for i in range(count)], vectors, sizes=[1] * count,
+                             mtimes_ns=[1] * count, widths=[1] * count, heights=[1] * count)
+        with EmbeddingStore.open(folder / "map.h5") as store:
+            EmbeddingMap(store, color_by="cluster")  # imports
+            _, figures["map_app_python_s"] = timed(EmbeddingMap, store, color_by="cluster")
+        app = App(folder, ["--model", "tiny", "--store", str(folder / "map.h5")], "map")
+        try:
+            app.wait_for("clipwidgets app: open", timeout=300)
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+                try:
+                    shown = [_time_map(browser, app.url) for _ in range(repeats)]
+                finally:
+                    browser.close()
+        finally:
+            app.stop()
+    figures["map_app_canvas_s"] = [canvas for canvas, _ in shown]
+    figures["map_app_drawn_s"] = [drawn for _, drawn in shown]
+    figures["map_app_drawn_median_s"] = sorted(drawn for _, drawn in shown)[len(shown) // 2]
+    return figures
+
+
+def _time_map(browser: Any, url: str) -> tuple[float, float]:
+    """(seconds to the map's canvas, seconds to its points drawn) after a click on "map"."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    try:
+        page.goto(url, timeout=120_000)
+        tools = page.locator(".clipwidgets-explore")
+        tools.wait_for(timeout=120_000)
+        started = time.perf_counter()
+        tools.get_by_text("map", exact=True).click()
+        canvas = tools.locator("canvas").first
+        canvas.wait_for(timeout=120_000)
+        at_canvas = time.perf_counter() - started
+        while _drawn_pixels(canvas) < 1000:
+            if time.perf_counter() - started > 120:
+                raise RuntimeError("the map's points were not drawn within 120 s")
+            time.sleep(0.05)
+        return at_canvas, time.perf_counter() - started
+    finally:
+        page.close()
+
+
+def _drawn_pixels(canvas: Any) -> int:
+    """Pixels of the canvas that differ from its most common colour (the background)."""
+    import io
+
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).reshape(-1, 3)
+    colours, counts = np.unique(pixels, axis=0, return_counts=True)
+    return int((np.abs(pixels.astype(int) - colours[np.argmax(counts)]).sum(axis=1) > 30).sum())
+
+
 def run(quick: bool) -> dict[str, Any]:
     """Quick: map 250k (scaled linearly to 1M: an overestimate, since the PCA axes are fitted on at most
-    200,000 rows), exact duplicates at 8,091 and 12,000, the approximate stage against exact at 12,000;
-    full: map 1M, exact at 8,091 and 100,000, approximate against exact at 100,000, and
-    `find_duplicates` on a 1M-image store (cached under benchmarks/results/cache/, ~1 GB)."""
-    figures: dict[str, Any] = map_figures(250_000 if quick else 1_000_000)
-    figures.update(duplicate_figures((8091, 12_000) if quick else (8091, 100_000)))
-    figures.update(recall_figures(12_000 if quick else 100_000))
+    200,000 rows), exact duplicates at 8,091, the approximate stage against exact at 12,000; full: map
+    1M, exact at 8,091, approximate against exact at 100,000 (exact extrapolated to 1M from there),
+    and `find_duplicates` on a 1M-image store (cached under benchmarks/results/cache/, ~1 GB)."""
+    figures: dict[str, Any] = {"load_average_start": os.getloadavg()[0]}
+    figures.update(map_figures(250_000 if quick else 1_000_000))
+    figures.update(duplicate_figures((8091,)))
+    figures.update(recall_figures(12_000 if quick else 100_000))  # exact at that size too
+    largest = figures["recall_rows"]
+    figures[f"duplicates_{largest}_s"] = figures["recall_exact_s"]
+    figures["duplicates_exact_1m_extrapolated_s"] = figures["recall_exact_s"] * (1_000_000 / largest) ** 2
+    figures["duplicates_extrapolated_from"] = largest
+    figures.update(browser_map_figures(repeats=2 if quick else 5))
+    figures["load_average_after_map"] = os.getloadavg()[0]
     if not quick:
         figures.update(store_figures(1_000_000))
         figures["duplicates_1m_s"] = figures["store_s"]
@@ -189,6 +273,11 @@ def run(quick: bool) -> dict[str, Any]:
             ["map: PCA of 1M x 512 (measured or scaled linearly)", figures["map_pca_1m_extrapolated_s"],
              "< 60 s"],
             ["duplicates: 8,091 images (exact)", figures["duplicates_8091_s"], "< 3 s"]]
+    if "map_app_drawn_median_s" in figures:
+        rows.insert(1, ["map in the app, 8,091 points: click to points drawn (median, Chromium)",
+                        figures["map_app_drawn_median_s"], "< 2 s"])
+        rows.insert(2, ["  of which the Python side (PCA, k-means colours, widget)",
+                        figures["map_app_python_s"], ""])
     largest = figures["duplicates_extrapolated_from"]
     rows.append([f"duplicates: {largest:,} images (exact)", figures[f"duplicates_{largest}_s"], ""])
     rows.append(["duplicates: 1M images exact, extrapolated (x (1M/N)^2)",

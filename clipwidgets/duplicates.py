@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import cpu
-from .duplicates_approx import FP32_SLACK, PROBES, approximate_pairs, confirmed_pairs, plan_cells
+from .duplicates_approx import FP32_SLACK, PROBES, approximate_pairs, plan_cells
 from .errors import InvalidInputError
 
 __all__ = ["APPROXIMATE_FROM", "DEFAULT_THRESHOLD", "METHODS", "DuplicateStats", "duplicate_rows",
@@ -156,14 +156,15 @@ def _exact_groups(matrix: np.ndarray, threshold: float, bf16: bool | None,
             hot = torch.nonzero(torch.amax(scores, dim=1) >= cut).flatten()  # rows with any candidate
             if not len(hot):
                 continue
-            rows, cols, rescored = confirmed_pairs(matrix[first:first + _BLOCK], matrix[other:other + _BLOCK],
-                                                   hot.numpy(), threshold)
-            rows, cols = rows + first, cols + other
+            pairs = torch.nonzero(scores[hot] >= cut).numpy()
+            rows, cols = hot.numpy()[pairs[:, 0]] + first, pairs[:, 1] + other
             if other == first:
                 rows, cols = rows[cols > rows], cols[cols > rows]
-            stats.candidates += rescored
-            stats.found += len(rows)
-            for a, b in zip(rows.tolist(), cols.tolist(), strict=True):
+            stats.candidates += len(rows)
+            exact = np.einsum("ij,ij->i", matrix[rows].astype(np.float64), matrix[cols].astype(np.float64))
+            keep = exact >= threshold
+            stats.found += int(keep.sum())
+            for a, b in zip(rows[keep].tolist(), cols[keep].tolist(), strict=True):
                 _union(parent, a, b)
     return _groups(parent)
 

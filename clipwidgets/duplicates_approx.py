@@ -119,14 +119,14 @@ def _kmeans(gather: _Gather, count: int, cells: int) -> torch.Tensor:
     for _ in range(_KMEANS_ITERATIONS):
         nearest = torch.cat([torch.argmax(points[first:first + _CHUNK] @ centroids.T, dim=1)
                              for first in range(0, size, _CHUNK)])
-        order = torch.argsort(nearest)
-        counts = torch.bincount(nearest, minlength=cells).numpy()
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        used = counts > 0
-        sums = np.empty(centroids.shape, dtype=np.float32)
-        sums[used] = np.add.reduceat(points[order].numpy(), starts[used], axis=0)
-        sums[~used] = points[rng.choice(size, size=int((~used).sum()), replace=False)].numpy()
-        centroids = torch.from_numpy(sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12))
+        counts = torch.bincount(nearest, minlength=cells)
+        running = torch.cumsum(points[torch.argsort(nearest)].double(), dim=0)  # sums by differences
+        running = torch.cat([torch.zeros(1, running.shape[1], dtype=torch.float64), running])
+        ends = torch.cumsum(counts, dim=0)
+        sums = (running[ends] - running[ends - counts]).float()
+        empty = torch.nonzero(counts == 0).flatten()
+        sums[empty] = points[torch.from_numpy(rng.choice(size, size=len(empty), replace=False))]
+        centroids = sums / sums.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return centroids
 
 
