@@ -152,7 +152,7 @@ def cached_copies_store(count: int) -> tuple[Path, np.ndarray]:
 
 
 def store_figures(count: int) -> dict[str, Any]:
-    """`find_duplicates` on a store of `count` images (method auto: approximate from 200,000), read
+    """`find_duplicates` on a store of `count` images (method auto: approximate from 50,000), read
     block by block from its memory-mapped segments; the planted near-copies found."""
     from clipwidgets.duplicates import DuplicateStats, find_duplicates
     from clipwidgets.store import EmbeddingStore

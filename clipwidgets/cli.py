@@ -427,7 +427,7 @@ def _add_duplicates_parser(sub: Any) -> None:
     duplicates.add_argument("--json", action="store_true", help='print {"groups": [[path, ...], ...]}')
     duplicates.add_argument("--method", choices=("auto", "exact", "approximate"), default="auto",
                             help="exact (all pairs), approximate (candidates from clustered cells, each "
-                                 "confirmed exactly), or auto: approximate from 200,000 images")
+                                 "confirmed exactly), or auto: approximate from 50,000 images")
     duplicates.add_argument("--probes", type=int, default=8,
                             help="cells each image is scored against in the approximate stage (default: 8)")
     duplicates.set_defaults(run=_run_duplicates)
