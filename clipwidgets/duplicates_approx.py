@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["FP32_SLACK", "PROBES", "CandidatePlan", "approximate_pairs", "confirmed_pairs", "plan_cells"]
+__all__ = ["FP32_SLACK", "PROBES", "CandidatePlan", "approximate_pairs", "plan_cells"]
 
 PROBES = 8
 FP32_SLACK = 1e-4
@@ -74,8 +74,7 @@ def approximate_pairs(count: int, chunks: _Chunks, gather: _Gather, threshold: f
             continue
         own, other = gather(mine), gather(theirs)
         scored += len(mine) * len(theirs)
-        left, right, rescored = confirmed_pairs(own, other, np.arange(len(mine)), threshold,
-                                                ids=(mine, theirs))
+        left, right, rescored = _confirmed(own, other, mine, theirs, threshold)
         candidates += rescored
         a, b = mine[left], theirs[right]
         found_a.append(np.minimum(a, b))
@@ -87,25 +86,22 @@ def approximate_pairs(count: int, chunks: _Chunks, gather: _Gather, threshold: f
     return pairs[:, 0], pairs[:, 1], scored, candidates
 
 
-def confirmed_pairs(left: np.ndarray, right: np.ndarray, hot: np.ndarray, threshold: float, *,
-                    ids: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Pairs (i, j), i among the rows `hot` of `left`, j a row of `right`, whose cosine computed in
-    float64 from the stored vectors is >= threshold, and how many pairs were re-scored in float64.
-    The hot rows are first scored in float32 (off by < 1e-5 for unit vectors): only pairs within
-    FP32_SLACK of the threshold are re-scored in float64. `ids` (ascending ids of left's and right's
-    rows) drops the pairs of a row with itself."""
-    wide = torch.from_numpy(np.asarray(left[hot], dtype=np.float32))
-    scores = wide @ torch.from_numpy(np.asarray(right, dtype=np.float32)).T
+def _confirmed(own: np.ndarray, other: np.ndarray, mine: np.ndarray, theirs: np.ndarray, threshold: float
+               ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pairs (i, j) of rows of `own` and `other` (whose store rows, ascending, are `mine` and
+    `theirs`) with a cosine >= threshold computed in float64 from the stored vectors, and how many
+    pairs were re-scored in float64. All pairs are scored in float32 first (off by < 1e-5 for unit
+    vectors); only those within FP32_SLACK of the threshold are re-scored. A row never pairs with
+    itself."""
+    scores = _as_tensor(own) @ _as_tensor(other).T
+    column = np.minimum(np.searchsorted(theirs, mine), len(theirs) - 1)  # each row's own column, if any
+    itself = np.flatnonzero(theirs[column] == mine)
+    scores[itself, column[itself]] = -1.0
     cut = threshold - FP32_SLACK
-    if ids is not None:  # ids ascending: bisection finds the column of a row itself, where it has one
-        mine, theirs = ids[0][hot], ids[1]
-        column = np.minimum(np.searchsorted(theirs, mine), len(theirs) - 1)
-        itself = np.flatnonzero(theirs[column] == mine)
-        scores[itself, column[itself]] = -1.0
     busy = torch.nonzero(torch.amax(scores, dim=1) >= cut).flatten()
     near = torch.nonzero(scores[busy] >= cut).numpy()
-    rows, cols = hot[busy.numpy()[near[:, 0]]], near[:, 1]
-    exact = np.einsum("ij,ij->i", left[rows].astype(np.float64), right[cols].astype(np.float64))
+    rows, cols = busy.numpy()[near[:, 0]], near[:, 1]
+    exact = np.einsum("ij,ij->i", own[rows].astype(np.float64), other[cols].astype(np.float64))
     keep = exact >= threshold
     return rows[keep], cols[keep], len(rows)
 
