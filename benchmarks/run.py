@@ -84,6 +84,8 @@ TARGETS = (
     Target("feedback", "precision@24 gain after 2 rounds of 4+4 marks", "full_gain_points", 15, True,
            "points"),
     Target("explore", "map of 8,091 points: PCA + widget (Python side)", "map_8091_python_s", 2, False, "s"),
+    Target("explore", "map of 8,091 points in the app: click to points drawn (Chromium, median)",
+           "map_app_drawn_median_s", 2, False, "s"),
     Target("explore", "map: PCA of 1M x 512 (quick: scaled from 250k)", "map_pca_1m_extrapolated_s", 60,
            False, "s"),
     Target("explore", "near-duplicates, 8,091 images", "duplicates_8091_s", 3, False, "s"),
