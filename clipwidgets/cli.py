@@ -425,13 +425,19 @@ def _add_duplicates_parser(sub: Any) -> None:
     duplicates.add_argument("--threshold", type=float, default=0.95,
                             help="cosine from which two images count as duplicates (default: 0.95)")
     duplicates.add_argument("--json", action="store_true", help='print {"groups": [[path, ...], ...]}')
+    duplicates.add_argument("--method", choices=("auto", "exact", "approximate"), default="auto",
+                            help="exact (all pairs), approximate (candidates from clustered cells, each "
+                                 "confirmed exactly), or auto: approximate from 50,000 images")
+    duplicates.add_argument("--probes", type=int, default=8,
+                            help="cells each image is scored against in the approximate stage (default: 8)")
     duplicates.set_defaults(run=_run_duplicates)
 
 
 def _run_duplicates(args: argparse.Namespace) -> int:
-    from .duplicates import find_duplicates
+    from .duplicates import DuplicateStats, find_duplicates
 
-    groups = find_duplicates(args.store, args.threshold)
+    stats = DuplicateStats()
+    groups = find_duplicates(args.store, args.threshold, method=args.method, probes=args.probes, stats=stats)
     if args.json:
         _print_json({"groups": groups})
         return 0
@@ -439,7 +445,8 @@ def _run_duplicates(args: argparse.Namespace) -> int:
         print(f"group {number} ({len(group)} images):")
         for path in group:
             print(f"  {path}")
-    print(f"{len(groups)} groups of near-duplicates (cosine >= {args.threshold})", file=sys.stderr)
+    print(f"{len(groups)} groups of near-duplicates (cosine >= {args.threshold}; {stats.method or 'exact'})",
+          file=sys.stderr)
     return 0
 
 

@@ -95,8 +95,12 @@ def kmeans(matrix: np.ndarray, clusters: int, *, iterations: int = 20, seed: int
                         dtype=np.float32)
     clusters = min(clusters, len(sample))
     centres = sample[rng.choice(len(sample), clusters, replace=False)]
+    previous = None
     for _ in range(iterations):
         nearest = _nearest(sample, centres)
+        if previous is not None and np.array_equal(nearest, previous):
+            break  # converged: the centres would not move
+        previous = nearest
         for number in range(clusters):
             members = sample[nearest == number]
             if len(members):

@@ -121,11 +121,9 @@ class ExploreActions:
             self.show_detail(position)
             if self.detail.layout.display == "none":
                 return None
-        hit, request = self.results[position], self._request
+        hit = self.results[position]
         try:
-            found = self.searcher.explain(hit, self._query_of(request), negative=request.negative,
-                                          positive=request.positive, negative_images=request.negative_images,
-                                          heatmap=heatmap)
+            found = self.searcher.explain(hit, heatmap=heatmap)  # the hit carries its query and marks
             overlay = None
             if found.heatmap is not None:
                 from .images import load_image

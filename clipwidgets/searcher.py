@@ -30,7 +30,7 @@ from .searching.index import ApproximateIndex, ExactIndex, Scan
 from .searching.options import DEFAULT_DEDUP, TARGETS, SearchOptions
 from .searching.query_encoder import Part, QueryEncoder, negative_parts, query_texts
 from .searching.ranking import Ranking, rank_page
-from .searching.results import ADAPTIVE_MIN_GAP, Hit, SearchResults, adaptive_cutoff
+from .searching.results import ADAPTIVE_MIN_GAP, Hit, QueryOrigin, SearchResults, adaptive_cutoff
 from .searching.scorers import Captions, ImageScorer, scorer_for
 from .store import EmbeddingStore
 from .types import EncoderLike
@@ -184,16 +184,30 @@ class Searcher:
         chosen = _options(options, k=k, offset=offset, negative=negative, min_score=min_score,
                           adaptive=adaptive, path_glob=path_glob, subset=subset, exclude=exclude,
                           dedup=dedup, target=target)
+        origin = QueryOrigin(query, chosen.negative, tuple(positive or ()), tuple(negative_images or ()),
+                             feedback_weights)
         vector, description = self.queries.query_vector(query, negative=chosen.negative)
-        vector, description = apply_feedback(self, vector, description, positive, negative_images,
-                                             feedback_weights)
-        return self._page(vector, description, chosen, start)
+        vector, description = apply_feedback(self, vector, description, origin.positive,
+                                             origin.negative_images, feedback_weights)
+        return self._page(vector, description, chosen, start, origin=origin)
 
-    def explain(self, hit: Hit | int | str, query: Any, **options: Any) -> Explanation:
-        """Why `hit` (a Hit, row or path) scores as it does for `query`: image score, best caption,
-        each query part's share and an occlusion heat map (see clipwidgets.explain.explain)."""
+    def explain(self, hit: Hit | int | str, query: Any = None, **options: Any) -> Explanation:
+        """Why `hit` scores as it does: image score, best caption, each query part's share and an
+        occlusion heat map (see clipwidgets.explain.explain). A Hit from this searcher's results
+        carries its query (negative text and feedback marks included); give `query` (and those as
+        options) for a row, a path, or to explain the hit for another query."""
         from .explain import explain
 
+        origin = getattr(hit, "origin", None)
+        if query is None:
+            if origin is None:
+                raise InvalidInputError(f"explain({hit!r}) needs the query: pass a Hit from search results, "
+                                        "or the query too, as in searcher.explain(hit, 'a dog').")
+            query = origin.query
+            for name in ("negative", "positive", "negative_images", "feedback_weights"):
+                value = getattr(origin, name)
+                if value not in (None, ()):
+                    options.setdefault(name, value)
         return explain(self, hit, query, **options)
 
     def classify(self, labels: Sequence[str], **options: Any) -> ZeroShotLabels:
@@ -220,7 +234,7 @@ class Searcher:
         vector = self._images.gather(np.array([index]))[0].astype(np.float32)
         parts = [Part(1.0, vector, f"like:{self._paths[index]}"), *negative_parts(chosen.negative)]
         combined, description = self.queries.combine(parts)
-        return self._page(combined, description, chosen, start)
+        return self._page(combined, description, chosen, start, origin=QueryOrigin(vector, chosen.negative))
 
     def search_many(self, queries: Sequence[Any], options: SearchOptions | None = None, *,
                     k: int | None = None, offset: int | None = None, negative: str | None = None,
@@ -237,16 +251,19 @@ class Searcher:
         texts = [text for query in queries for text in query_texts(query)]
         self.queries.text_vectors(texts + [part.value for part in negative_parts(chosen.negative)])
         encoded = [self.queries.query_vector(query, negative=chosen.negative) for query in queries]
+        origins = [QueryOrigin(query, chosen.negative) for query in queries]
         if chosen.target != "images" or self._index.name != "exact" or not encoded:
-            return [self._page(vector, description, chosen, start) for vector, description in encoded]
+            return [self._page(vector, description, chosen, start, origin=origin)
+                    for (vector, description), origin in zip(encoded, origins, strict=True)]
         mask = self._mask(chosen)
         results = []
         group = max(1, _BATCH_CELLS // max(1, self.num_images))
         for first in range(0, len(encoded), group):
             chunk = encoded[first:first + group]
             scans = self._exact.scans(np.stack([vector for vector, _ in chunk]), mask)
-            results += [self._page(vector, description, chosen, start, mask=mask, scan=scan)
-                        for (vector, description), scan in zip(chunk, scans, strict=True)]
+            results += [self._page(vector, description, chosen, start, mask=mask, scan=scan, origin=origin)
+                        for (vector, description), scan, origin
+                        in zip(chunk, scans, origins[first:first + group], strict=True)]
         return results
 
     def search_vector(self, vector: np.ndarray, options: SearchOptions | None = None, *,
@@ -255,7 +272,8 @@ class Searcher:
         Query adjustments (feedback, explanations) build their vector and search with it here."""
         start = time.perf_counter()
         chosen = _options(options, **changes)
-        return self._page(self.queries.checked_vector(np.asarray(vector)), description, chosen, start)
+        checked = self.queries.checked_vector(np.asarray(vector))
+        return self._page(checked, description, chosen, start, origin=QueryOrigin(checked))
 
     def query_vector(self, query: Any, *, negative: str | None = None) -> tuple[np.ndarray, str]:
         """The unit float32 vector a query stands for, and a short description of the query."""
@@ -284,7 +302,8 @@ class Searcher:
         return self._filters.allowed(options, self._captions.has_caption)
 
     def _page(self, vector: np.ndarray, description: str, options: SearchOptions, start: float, *,
-              mask: np.ndarray | None = None, scan: Scan | None = None) -> SearchResults:
+              mask: np.ndarray | None = None, scan: Scan | None = None,
+              origin: QueryOrigin | None = None) -> SearchResults:
         if scan is None:
             mask = self._mask(options)
         use_ann = self._index.name == "ann" and options.target == "images"
@@ -298,7 +317,7 @@ class Searcher:
         candidates = self.num_images if mask is None else int(np.count_nonzero(mask))
         rows, values, total = rank_page(ranking, options, candidates, self._images.gather)
         hits = tuple(Hit(rank=options.offset + i + 1, index=row, path=self._paths[row], score=value,
-                         captions=tuple(self.store.captions(row)))
+                         captions=tuple(self.store.captions(row)), origin=origin)
                      for i, (row, value) in enumerate(zip(rows.tolist(), values.tolist(), strict=True)))
         return SearchResults(hits=hits, total=total, k=options.k, offset=options.offset, query=description,
                              target=options.target, backend="ann" if use_ann else "exact",

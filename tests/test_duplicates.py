@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipwidgets import duplicates
 from clipwidgets.cli import main
 from clipwidgets.duplicates import DuplicateStats, duplicate_rows, find_duplicates
 from clipwidgets.duplicates_view import DuplicateReview
@@ -94,6 +95,9 @@ def test_duplicates_command_prints_json_groups(copies_store, capsys):
                  "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == {"groups": find_duplicates(copies_store, TINY_THRESHOLD)}
+    assert main(["duplicates", "--store", str(copies_store), "--threshold", str(TINY_THRESHOLD), "--json",
+                 "--method", "approximate"]) == 0
+    assert json.loads(capsys.readouterr().out) == printed
     assert main(["duplicates", "--store", str(copies_store), "--threshold", str(TINY_THRESHOLD)]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("group 1 (4 images):\n  photo_00000.jpg\n")
@@ -103,6 +107,7 @@ def test_duplicates_command_prints_json_groups(copies_store, capsys):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--threshold", "1.5"], "threshold=1.5"),
     (["--threshold", "0"], "threshold=0"),
+    (["--probes", "0"], "probes=0"),
 ])
 def test_duplicates_command_refuses_bad_thresholds(copies_store, capsys, argv, message):
     assert main(["duplicates", "--store", str(copies_store), *argv]) == 2
@@ -118,6 +123,77 @@ def test_duplicates_command_explains_a_missing_store(tmp_path, capsys):
 def test_bad_threshold_in_python():
     with pytest.raises(InvalidInputError, match="cosine in"):
         duplicate_rows(np.eye(3, dtype=np.float32), True)
+    with pytest.raises(InvalidInputError, match="method='fast'"):
+        duplicate_rows(np.eye(3, dtype=np.float32), 0.9, method="fast")
+    with pytest.raises(InvalidInputError, match="probes=0"):
+        duplicate_rows(np.eye(3, dtype=np.float32), 0.9, method="approximate", probes=0)
+
+
+def clustered_copies(count: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Unit vectors in 40 clusters (distinct images of a cluster at cosine ~0.75), with near-copies
+    (cosine ~0.95-0.999) of 60 of them planted; returns the vectors and the (original, copy) rows."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, 64))
+    base = centres[rng.integers(0, 40, count)] + 0.6 * rng.normal(size=(count, 64))
+    copies = rng.choice(count, 60, replace=False)
+    originals = rng.choice(np.setdiff1d(np.arange(count), copies), 60, replace=False)
+    base[copies] = base[originals] + rng.uniform(0.05, 0.4, (60, 1)) * rng.normal(size=(60, 64))
+    matrix = (base / np.linalg.norm(base, axis=1, keepdims=True)).astype(np.float16)
+    return matrix, list(zip(originals.tolist(), copies.tolist(), strict=True))
+
+
+def test_approximate_stage_finds_the_exact_groups():
+    matrix, planted = clustered_copies(6000, seed=3)
+    exact, approximate = DuplicateStats(), DuplicateStats()
+    groups = duplicate_rows(matrix, 0.95, stats=exact)
+    assert duplicate_rows(matrix, 0.95, method="approximate", stats=approximate) == groups
+    assert approximate.method.startswith("approximate (") and exact.method == "exact"
+    assert approximate.found == exact.found > 0 and approximate.pairs < exact.pairs / 5  # fewer scored
+    cosines = [float(matrix[a].astype(np.float64) @ matrix[b].astype(np.float64)) for a, b in planted]
+    together = {(a, b) for group in groups for a in group for b in group}
+    assert all((a, b) in together for (a, b), cosine in zip(planted, cosines, strict=True) if cosine >= 0.95)
+    assert sum(cosine >= 0.95 for cosine in cosines) >= 40
+
+
+def test_approximate_stage_reads_a_segmented_store_block_by_block(store_factory, tmp_path, monkeypatch):
+    """Two commits (two segments) and removed images (tombstones in the blocks): the approximate stage
+    gives the exact groups, in paths, without ever copying the whole matrix."""
+    from clipwidgets.store import EmbeddingStore
+
+    matrix, planted = clustered_copies(3000, seed=5)
+    paths = [f"img_{i:05d}.jpg" for i in range(len(matrix))]
+    gone = [paths[planted[0][1]], paths[7], paths[2500]]
+    path = tmp_path / "big.h5"
+    meta = {"name": "generated", "pretrained": "none", "embed_dim": 64}
+    with EmbeddingStore.create(path, meta, tmp_path / "images") as store:
+        for first in (0, 1700):
+            chunk = slice(first, 1700 if first == 0 else len(paths))
+            count = len(paths[chunk])
+            store.add_images(paths[chunk], matrix[chunk].astype(np.float32), sizes=[1] * count,
+                             mtimes_ns=[1] * count, widths=[8] * count, heights=[8] * count)
+        store.remove(gone)
+    with EmbeddingStore.open(path) as store:
+        assert len(store.vector_blocks()) == 2 and store.num_images == len(paths) - 3
+        exact = find_duplicates(store, 0.95, method="exact")
+
+        def refuse() -> None:
+            raise AssertionError("the approximate stage must read blocks, not image_embeddings()")
+
+        monkeypatch.setattr(store, "image_embeddings", refuse)
+        stats = DuplicateStats()
+        assert find_duplicates(store, 0.95, method="approximate", stats=stats) == exact
+    assert len(exact) > 20 and not any(name in group for group in exact for name in gone)
+    assert stats.found > 0 and stats.kernel == "float32"
+
+
+def test_auto_takes_the_approximate_stage_for_large_stores(copies_store, monkeypatch):
+    stats = DuplicateStats()
+    exact = find_duplicates(copies_store, TINY_THRESHOLD, stats=stats)
+    assert stats.method == "exact"
+    monkeypatch.setattr(duplicates, "APPROXIMATE_FROM", 10)
+    stats = DuplicateStats()
+    assert find_duplicates(copies_store, TINY_THRESHOLD, stats=stats) == exact
+    assert stats.method.startswith("approximate")
 
 
 def test_review_panel_walks_the_groups(copies_store):

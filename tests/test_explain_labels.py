@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -56,6 +57,42 @@ def test_feedback_terms_are_explained_too(searcher):
     labels = [part.label for part in found.parts]
     assert labels == ["a photo", "marked relevant (2)", "marked irrelevant (1)"]
     assert sum(part.contribution for part in found.parts) == pytest.approx(hit.score, abs=1e-5)
+
+
+def test_a_hit_carries_its_query(searcher):
+    """explain(hit) takes the query, negative text and feedback marks from the search that made the hit,
+    and gives what the explicit form gives."""
+    query = "a red ball + 2:green grass"
+    hit = searcher.search(query, k=4, negative="snow", positive=[5], negative_images=[1])[3]
+    found = searcher.explain(hit, heatmap=False)
+    explicit = searcher.explain(hit, query, negative="snow", positive=[5], negative_images=[1], heatmap=False)
+    assert found.parts == explicit.parts and found.image_score == explicit.image_score
+    assert [part.label for part in found.parts] == ["a red ball", "green grass", "snow",
+                                                    "marked relevant (1)", "marked irrelevant (1)"]
+    assert found.image_score == pytest.approx(hit.score, abs=1e-5)
+    other = searcher.explain(hit, "a dark night", heatmap=False)  # an explicit query wins
+    assert [part.label for part in other.parts] == ["a dark night"]
+
+
+@pytest.mark.parametrize("ranking", ["more_like", "search_many", "search_vector"])
+def test_every_ranking_hit_can_be_explained(searcher, ranking):
+    if ranking == "more_like":
+        hit = searcher.more_like(3, k=3, negative="grass")[2]
+    elif ranking == "search_many":
+        hit = searcher.search_many(["a photo", "a red ball - grass"], k=3)[1][2]
+    else:
+        hit = searcher.search_vector(searcher.store.image_vectors([7])[0].astype(np.float32), k=3)[1]
+    found = searcher.explain(hit, heatmap=False)
+    assert found.image_score == pytest.approx(hit.score, abs=1e-5)
+    assert sum(part.contribution for part in found.parts) == pytest.approx(hit.score, abs=1e-5)
+
+
+def test_explain_without_a_query_needs_a_hit(searcher):
+    with pytest.raises(InvalidInputError, match="needs the query"):
+        searcher.explain(3, heatmap=False)
+    hit = searcher.search("a photo", k=1)[0]
+    assert hit.origin.query == "a photo" and dataclasses.replace(hit, origin=None) == hit  # not compared
+    assert "origin" not in repr(hit) and "origin" not in hit.to_record()
 
 
 class QuadrantEncoder:

@@ -1,6 +1,7 @@
-"""The panel's feedback marks, "why this result?" and the embedding map in JupyterLab, driven by
-headless Chromium (Playwright). Skips outside CI when Chromium or Playwright is missing; in CI it
-fails instead. Set CLIPWIDGETS_SCREENSHOT_DIR to keep the screenshots.
+"""The panel's feedback marks, "why this result?" and the embedding map in JupyterLab, and the map,
+near-duplicates and label filter inside `clipwidgets app`, driven by headless Chromium (Playwright).
+Skips outside CI when Chromium or Playwright is missing; in CI it fails instead. Set
+CLIPWIDGETS_SCREENSHOT_DIR to keep the screenshots.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apphelpers import free_port
+from apphelpers import AppProcess, free_port
 from browser import CHROMIUM, CHROMIUM_ARGS, card_names, require_browser, search_and_wait
 
 from clipwidgets.synthetic import make_photos
@@ -208,3 +209,120 @@ def test_map_renders_linked_and_8091_points_in_jupyterlab(lab, page, tmp_path):
     print(f"\n8,091 points on screen {seconds:.2f} s after running the cell (projection included)")
     (tmp_path / "map_8091_seconds.txt").write_text(f"{seconds:.3f}\n")
     keep(page, tmp_path, "map_8091.png")
+
+
+APP_THRESHOLD = 0.997  # the random-weight tiny model puts distinct generated photos up to ~0.995
+APP_IMAGES = 20  # 16 photos and 4 copies; the app shows 24 a page, so every image fits on one
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, tiny_encoder):
+    """`clipwidgets app` over 16 generated photos and a resized and a re-encoded copy of two of them."""
+    require_browser()
+    from PIL import Image
+
+    from clipwidgets.indexing import index_images
+
+    root = tmp_path_factory.mktemp("explore_app")
+    originals = make_photos(root / "images", 16, size=(320, 240))
+    for path in originals[:2]:
+        image = Image.open(path)
+        image.resize((160, 120)).save(path.with_name(f"{path.stem}_small.jpg"), quality=90)
+        image.save(path.with_name(f"{path.stem}_q30.jpg"), quality=30)
+    index_images(root / "images", root / "photos.h5", tiny_encoder, workers=0, progress=False)
+    server = AppProcess(root, "--store", str(root / "photos.h5")).wait_ready()
+    try:
+        yield root, server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def app_page(app):
+    from playwright.sync_api import sync_playwright
+
+    _, url = app
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url, timeout=TIMEOUT_MS)
+            page.locator(".clipwidgets-explore").wait_for(timeout=TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def open_section(page, title: str):
+    """Open one section of the app's explore tools (an accordion) and return the tools' locator."""
+    tools = page.locator(".clipwidgets-explore")
+    tools.get_by_text(title, exact=True).click()
+    return tools
+
+
+def test_map_in_the_app_renders_and_follows_the_panel(app, app_page, tmp_path):
+    page = app_page
+    search_and_wait(page, QUERY, per_page=APP_IMAGES, timeout_ms=TIMEOUT_MS)
+    tools = open_section(page, "map")
+    canvas = tools.locator("canvas").first
+    canvas.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_function("c => c.width > 100 && c.height > 100", arg=canvas.element_handle(),
+                           timeout=TIMEOUT_MS)
+    deadline = time.monotonic() + 60
+    while drawn_pixels(canvas) < 50 and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert drawn_pixels(canvas) >= 50  # the 20 points are drawn
+    keep(page, tmp_path, "app_map.png")
+    tools.locator("button[title='Activate lasso selection']").click()
+    lasso(page, canvas)  # the images inside the lasso go to the panel
+    page.get_by_text(re.compile(r"among \d+ chosen images")).wait_for(timeout=60_000)
+    chosen = int(re.search(r"among (\d+) chosen", page.locator(".clipwidgets-panel").inner_text()).group(1))
+    assert 0 < chosen <= APP_IMAGES and len(card_names(page)) == chosen
+
+
+def test_duplicates_in_the_app(app, app_page, tmp_path):
+    from clipwidgets.duplicates import find_duplicates
+
+    root, _ = app
+    expected = find_duplicates(root / "photos.h5", APP_THRESHOLD)
+    assert [len(group) for group in expected] == [3, 3]
+    page = app_page
+    tools = open_section(page, "near-duplicates")
+    threshold = tools.locator("input[type=number]").first
+    threshold.fill(str(APP_THRESHOLD))
+    threshold.press("Enter")
+    tools.get_by_role("button", name="find near-duplicates").click()
+    review = page.locator(".clipwidgets-duplicates")
+    review.get_by_text("group 1 of 2: 3 images").wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_function("() => [...document.querySelectorAll('.clipwidgets-duplicates img')]"
+                           ".filter(img => img.complete && img.naturalWidth > 0).length === 3",
+                           timeout=60_000)
+    assert [Path(name).name for name in expected[0]] == review.locator("span[title]").all_inner_texts()
+    keep(page, tmp_path, "app_duplicates.png")
+    review.get_by_role("button", name="next group ▶").click()
+    review.get_by_text("group 2 of 2: 3 images").wait_for(timeout=60_000)
+    page.wait_for_function("names => [...document.querySelectorAll('.clipwidgets-duplicates span[title]')]"
+                           ".map(e => e.textContent).join() === names.join()",
+                           arg=[Path(name).name for name in expected[1]], timeout=60_000)
+
+
+def test_label_filter_in_the_app(app, app_page, tiny_encoder, tmp_path):
+    from clipwidgets.searcher import Searcher
+
+    root, _ = app
+    with Searcher(root / "photos.h5", tiny_encoder) as searcher:
+        labels = searcher.classify(["red", "green", "blue"])
+        paths = searcher.store.image_paths()
+    page = app_page
+    tools = open_section(page, "labels")
+    tools.locator("input[type=text]").first.fill("red, green, blue")
+    tools.get_by_role("button", name="label images").click()
+    tools.get_by_text(re.compile("red: \\d+")).wait_for(timeout=TIMEOUT_MS)
+    label = max(labels.counts(), key=labels.counts().get)
+    menu = page.locator(".clipwidgets-panel select", has=page.locator("option", has_text="all labels"))
+    menu.select_option(label)
+    wanted = sorted(Path(paths[row]).name for row in labels.rows(label))
+    page.wait_for_function("n => document.querySelectorAll('.clipwidgets-card').length === n",
+                           arg=len(wanted), timeout=60_000)
+    assert sorted(card_names(page)) == wanted
+    keep(page, tmp_path, "app_labels.png")

@@ -202,7 +202,8 @@ panel
 # %%
 # Why does the first result rank first? The image score, the best caption, each query part's share of
 # the score, and an occlusion heat map of the regions that match (drawn in the panel's detail view).
-found = panel.searcher.explain(panel.results[0], "a dog running on the beach")
+# A result knows the query (and feedback marks) that produced it.
+found = panel.searcher.explain(panel.results[0])
 assert abs(sum(part.contribution for part in found.parts) - found.image_score) < 1e-4
 print(found.to_text())
 

@@ -189,12 +189,16 @@ class SharedSearch:
                              error=build.error)
 
     def new_view(self, *, on_close: Callable[[], None] | None = None) -> widgets.VBox:
-        """One session's widgets: the progress line (while a build runs) above a new SearchPanel."""
+        """One session's widgets: the progress line (while a build runs) above a new SearchPanel, and
+        the map, near-duplicates and labels under it (built when opened)."""
+        from ..explore_tools import ExploreTools
+
         panel = SearchPanel(self.searcher, thumbnails=self.thumbnails, per_page=self.per_page)
         line = widgets.HTML()
         line.add_class("clipwidgets-progress")
-        view = widgets.VBox([line, panel])
-        view.panel = panel
+        tools = ExploreTools(panel, thumbnails=self.thumbnails)
+        view = widgets.VBox([line, panel, tools])
+        view.panel, view.tools = panel, tools
         view.progress_line = line
         self.show_progress(view)
         return view

@@ -9,7 +9,8 @@ from typing import Any, overload
 
 import numpy as np
 
-__all__ = ["ADAPTIVE_MIN_GAP", "ADAPTIVE_RATIO", "ADAPTIVE_WINDOW", "Hit", "SearchResults", "adaptive_cutoff"]
+__all__ = ["ADAPTIVE_MIN_GAP", "ADAPTIVE_RATIO", "ADAPTIVE_WINDOW", "Hit", "QueryOrigin", "SearchResults",
+           "adaptive_cutoff"]
 
 ADAPTIVE_WINDOW = 100
 ADAPTIVE_RATIO = 8.0
@@ -17,14 +18,28 @@ ADAPTIVE_MIN_GAP = 0.01
 
 
 @dataclass(frozen=True)
+class QueryOrigin:
+    """The query a ranking came from, as `Searcher.search` was given it (what `Searcher.explain(hit)`
+    needs): the query, the negative text and the feedback marks with their weights."""
+
+    query: Any
+    negative: str | None = None
+    positive: tuple[Any, ...] = ()
+    negative_images: tuple[Any, ...] = ()
+    feedback_weights: Any = None
+
+
+@dataclass(frozen=True)
 class Hit:
-    """One ranked result: 1-based rank, store row, relative path, cosine score, the image's captions."""
+    """One ranked result: 1-based rank, store row, relative path, cosine score, the image's captions,
+    and `origin`, the query that produced it (not compared, not in records)."""
 
     rank: int
     index: int
     path: str
     score: float
     captions: tuple[str, ...] = ()
+    origin: QueryOrigin | None = field(default=None, compare=False, repr=False)
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-ready dict: rank, index, path, score, and captions when the image has any."""
