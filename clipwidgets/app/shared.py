@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import html
+import importlib
+import importlib.util
 import logging
 import queue
 import threading
@@ -161,6 +163,17 @@ def progress_text(indexed: int, total: int, *, done: bool, error: BaseException 
     return f"Indexing in the background: indexed {indexed:,} of {total:,} images; results grow as it goes."
 
 
+def _preload_map_widget() -> None:
+    """Import jupyter-scatter in the background, once per server: the first map a session opens then
+    draws in about 1.5 s instead of 3 (the import takes ~1.4 s and ~140 MB, paid once, not per session)."""
+    if importlib.util.find_spec("jscatter") is None:
+        return
+    try:
+        importlib.import_module("jscatter")
+    except Exception as error:  # the map reports the problem itself when a session opens it
+        _log.debug("could not preload jupyter-scatter: %s", error)
+
+
 class SharedSearch:
     """The searcher, thumbnails and build progress that all sessions of one server use."""
 
@@ -179,6 +192,7 @@ class SharedSearch:
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh_loop, name="clipwidgets-refresh", daemon=True)
         self._refresher.start()
+        threading.Thread(target=_preload_map_widget, name="clipwidgets-preload", daemon=True).start()
 
     def progress(self) -> str | None:
         """The build's status line, or None when no build ran in this server."""
