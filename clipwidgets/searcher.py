@@ -297,9 +297,11 @@ class Searcher:
             ranking = Ranking(self._exact, vector, mask, scan=scan)
         candidates = self.num_images if mask is None else int(np.count_nonzero(mask))
         rows, values, total = rank_page(ranking, options, candidates, self._images.gather)
+        captioned = self._captions.has_caption[rows].tolist()  # the store is asked only for those
         hits = tuple(Hit(rank=options.offset + i + 1, index=row, path=self._paths[row], score=value,
-                         captions=tuple(self.store.captions(row)))
-                     for i, (row, value) in enumerate(zip(rows.tolist(), values.tolist(), strict=True)))
+                         captions=tuple(self.store.captions(row)) if has else ())
+                     for i, (row, value, has) in enumerate(zip(rows.tolist(), values.tolist(), captioned,
+                                                               strict=True)))
         return SearchResults(hits=hits, total=total, k=options.k, offset=options.offset, query=description,
                              target=options.target, backend="ann" if use_ann else "exact",
                              elapsed_ms=(time.perf_counter() - start) * 1000)

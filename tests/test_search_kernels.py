@@ -9,9 +9,13 @@ import pytest
 import torch
 
 from clipwidgets import cpu
+from clipwidgets.errors import InvalidInputError
 from clipwidgets.openmp import one_thread
 from clipwidgets.searching import kernels
+from clipwidgets.searching.blas import blas_thread_count, blas_threads
+from clipwidgets.searching.helper import split_matvec
 from clipwidgets.searching.kernels import Kernel, cpu_class, plan_kernel
+from clipwidgets.settings import ENV_SEARCH_CPU
 
 AVX512 = frozenset({"sse2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16"})
 AVX2 = frozenset({"sse2", "avx", "avx2", "fma", "f16c"})
@@ -49,8 +53,8 @@ def unit(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-@pytest.mark.parametrize(("copy", "busy", "name"), [(True, False, "fp32"), (True, True, "fp16, one thread"),
-                                                    (False, False, "fp16")])
+@pytest.mark.parametrize(("copy", "busy", "name"), [(True, False, "fp32, split"),
+                                                    (True, True, "fp16, one thread"), (False, False, "fp16")])
 def test_every_kernel_stays_within_its_error_bound(dtype, copy, busy, name):
     rng = np.random.default_rng(4)
     matrix = unit(rng, 5000, 512).astype(dtype)
@@ -71,7 +75,7 @@ def test_busy_machine_changes_the_kernel_per_query():
     kernel = Kernel(matrix, plan_kernel(1000, 64), busy=lambda: state["busy"])
     query = unit(np.random.default_rng(2), 1, 64)[0].astype(np.float32)
     quiet, _ = kernel.scores(query)
-    assert kernel.last == "fp32"
+    assert kernel.last == "fp32, split"
     state["busy"] = True
     loaded, _ = kernel.scores(query)
     assert kernel.last == "fp16, one thread"
@@ -129,3 +133,69 @@ def test_a_large_float32_matrix_is_scored_in_place():
     assert kernel.last == "fp32"
     assert np.abs(scores.numpy() - matrix.astype(np.float64) @ query.astype(np.float64)).max() <= eps
     assert kernel.batch_scores(query[None, :])[0].shape == (1, 3000)
+
+
+def test_the_search_cpu_setting_only_lowers_the_class(flags, monkeypatch):
+    flags(AVX512)
+    monkeypatch.setenv(ENV_SEARCH_CPU, "avx2")
+    assert cpu_class() == "avx2" and cpu_class(AVX512) == "avx512"  # explicit flags are taken as given
+    assert plan_kernel(30_000, 512).copy_fp32  # AVX2's threshold: 64 MB of float32
+    flags(AVX2)
+    monkeypatch.setenv(ENV_SEARCH_CPU, "avx512")
+    assert cpu_class() == "avx2"  # never a class above the CPU's own
+    monkeypatch.setenv(ENV_SEARCH_CPU, "other")
+    assert cpu_class() == "other"
+    monkeypatch.setenv(ENV_SEARCH_CPU, "avx3")
+    with pytest.raises(InvalidInputError, match="CLIPWIDGETS_SEARCH_CPU='avx3' is not a CPU class"):
+        plan_kernel(10, 512)
+
+
+@pytest.mark.parametrize(("cpus", "busy", "name"), [(2, False, "fp32, split"), (1, False, "fp32, one thread"),
+                                                    (2, True, "fp16, one thread")])
+def test_small_matrix_kernel_by_cpus_and_load(cpus, busy, name):
+    rng = np.random.default_rng(8)
+    matrix = unit(rng, 3001, 128).astype(np.float16)
+    kernel = Kernel(matrix, plan_kernel(3001, 128), busy=lambda: busy, cpus=cpus)
+    query = unit(rng, 1, 128)[0].astype(np.float32)
+    scores, eps = kernel.scores(query)
+    assert kernel.last == name
+    assert np.abs(scores.float().numpy() - matrix.astype(np.float64) @ query.astype(np.float64)).max() <= eps
+
+
+def test_blas_threads_are_restored_after_the_block():
+    before = blas_thread_count()
+    if before is None:
+        pytest.skip("numpy's BLAS is not OpenBLAS here: nothing to scope")
+    with blas_threads(1):
+        assert blas_thread_count() == 1
+        with blas_threads(1):  # nested: the outer block's saved count survives
+            assert blas_thread_count() == 1
+        assert blas_thread_count() == 1
+    assert blas_thread_count() == before
+    with pytest.raises(RuntimeError), blas_threads(1):
+        raise RuntimeError("restored on errors too")
+    assert blas_thread_count() == before
+
+
+def test_split_products_from_several_threads_agree_and_restore_blas_threads():
+    rng = np.random.default_rng(9)
+    matrix = unit(rng, 4097, 64).astype(np.float32)
+    queries = unit(rng, 8, 64).astype(np.float32)
+    before = blas_thread_count()
+    found: dict[int, np.ndarray] = {}
+
+    def run(i: int) -> None:
+        for _ in range(20):
+            found[i] = split_matvec(matrix, queries[i])
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(len(queries))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for i, query in enumerate(queries):
+        np.testing.assert_allclose(found[i], matrix @ query, rtol=1e-5, atol=1e-6)
+    assert blas_thread_count() == before
+    with pytest.raises(ValueError):  # a product that fails raises in the caller, and the next one works
+        split_matvec(matrix, queries[0][:10])
+    np.testing.assert_allclose(split_matvec(matrix, queries[0]), matrix @ queries[0], rtol=1e-5, atol=1e-6)
