@@ -20,8 +20,7 @@ import functools
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["blas_thread_count", "blas_threads"]
@@ -35,27 +34,35 @@ _active = 0  # blocks inside blas_threads
 _saved = 0  # the count to restore when the last one leaves
 
 
-@contextmanager
-def blas_threads(count: int) -> Iterator[None]:
-    """Run the block with OpenBLAS on at most `count` threads; the previous count comes back after."""
-    global _active, _saved
-    functions = _thread_functions()
-    if functions is None:
-        yield
-        return
-    get_threads, set_threads = functions
-    with _lock:
-        if _active == 0:
-            _saved = get_threads()
-        _active += 1
-        set_threads(max(1, min(count, _saved)))
-    try:
-        yield
-    finally:
+class blas_threads:  # noqa: N801  (used as a function: `with blas_threads(1): ...`)
+    """Run the block with OpenBLAS on at most `count` threads; the previous count comes back after.
+
+    A class rather than a generator-based context manager: it runs on every small search (1 us less)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __enter__(self) -> None:
+        global _active, _saved
+        functions = _thread_functions()
+        if functions is None:
+            return
+        get_threads, set_threads = functions
+        with _lock:
+            if _active == 0:
+                _saved = get_threads()
+            _active += 1
+            set_threads(max(1, min(self.count, _saved)))
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _active
+        functions = _thread_functions()
+        if functions is None:
+            return
         with _lock:
             _active -= 1
             if _active == 0:
-                set_threads(_saved)
+                functions[1](_saved)
 
 
 def blas_thread_count() -> int | None:
