@@ -199,3 +199,25 @@ def test_split_products_from_several_threads_agree_and_restore_blas_threads():
     with pytest.raises(ValueError):  # a product that fails raises in the caller, and the next one works
         split_matvec(matrix, queries[0][:10])
     np.testing.assert_allclose(split_matvec(matrix, queries[0]), matrix @ queries[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_small_store_search_splits_the_product_and_leaves_blas_threads_as_they_were(
+        store_factory, tiny_encoder, monkeypatch):
+    from clipwidgets.searcher import Searcher
+
+    monkeypatch.setattr(kernels, "machine_busy", lambda: False)
+    rng = np.random.default_rng(10)
+    dim = tiny_encoder.dim
+    vectors = unit(rng, 2000, dim).astype(np.float32)
+    path = store_factory(images=[f"img/{i:05d}.jpg" for i in range(2000)], vectors=vectors,
+                         texts=["caption of 0", "caption of 7"],
+                         text_vectors=unit(rng, 2, dim).astype(np.float32), links=[0, 7])
+    before = blas_thread_count()
+    with Searcher(path) as searcher:
+        query = vectors[7] + 0.01 * vectors[0]
+        results = searcher.search(query, k=5)
+        assert searcher.kernel == "fp32, split" and blas_thread_count() == before
+    exact = vectors.astype(np.float64) @ (query / np.linalg.norm(query)).astype(np.float32).astype(np.float64)
+    assert [hit.index for hit in results] == np.lexsort((np.arange(2000), -exact))[:5].tolist()
+    assert results[0].index == 7 and results[0].captions == ("caption of 7",)
+    assert all(hit.captions == () for hit in results[1:] if hit.index != 0)
