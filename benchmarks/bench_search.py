@@ -84,8 +84,9 @@ def unit_vectors(count: int, *, seed: int, centres: np.ndarray | None = None, sp
 def write_store(path: Path, matrix: np.ndarray, meta: dict[str, Any] = META) -> Path:
     count = len(matrix)
     with EmbeddingStore.create(path, meta, path.parent) as store:
-        store.add_images([f"img/{i:07d}.jpg" for i in range(count)], matrix, sizes=np.ones(count),
-                         mtimes_ns=np.ones(count), widths=np.ones(count), heights=np.ones(count))
+        ones = [1] * count
+        store.add_images([f"img/{i:07d}.jpg" for i in range(count)], matrix, sizes=ones, mtimes_ns=ones,
+                         widths=ones, heights=ones)
     return path
 
 
@@ -264,8 +265,9 @@ def text_query_figures(folder: Path, repeats: int, *, quick: bool) -> dict[str, 
             spaced.append((time.perf_counter() - start) * 1000)
         kernel = searcher.kernel
     path.unlink()
-    figures = {"images": FLICKR8K_IMAGES, "cached_text_query_ms": cached_ms, "search_kernel": kernel,
-               "spaced_text_query_ms": min(spaced), "spaced_text_query_median_ms": statistics.median(spaced)}
+    figures: dict[str, Any] = {
+        "images": FLICKR8K_IMAGES, "cached_text_query_ms": cached_ms, "search_kernel": kernel,
+        "spaced_text_query_ms": min(spaced), "spaced_text_query_median_ms": statistics.median(spaced)}
     for name, (best, median) in measured.items():
         figures[f"{name}_ms"], figures[f"{name}_median_ms"] = best, median
     # > 1: the encoder and the search slow each other down when one follows the other
@@ -303,7 +305,7 @@ def exact_table(quick: bool, folder: Path, *, with_faiss: bool = True) -> dict[s
 
 def avx2_environment() -> dict[str, str]:
     """Environment variables that make this process's libraries use only AVX2 code (see the docstring)."""
-    from numpy._core._multiarray_umath import __cpu_features__  # type: ignore[attr-defined]
+    from numpy._core._multiarray_umath import __cpu_features__  # type: ignore[import-not-found]
 
     avx512 = [name for name, present in __cpu_features__.items()
               if present and (name.startswith("AVX512") or name == "X86_V4")]
