@@ -27,6 +27,7 @@ from .feedback import FeedbackWeights, apply_feedback
 from .searching.blocks import BlockMatrix
 from .searching.filters import Filters
 from .searching.index import ApproximateIndex, ExactIndex, Scan
+from .searching.kernels import calm
 from .searching.options import DEFAULT_DEDUP, TARGETS, SearchOptions
 from .searching.query_encoder import Part, QueryEncoder, negative_parts, query_texts
 from .searching.ranking import Ranking, rank_page
@@ -184,10 +185,12 @@ class Searcher:
         chosen = _options(options, k=k, offset=offset, negative=negative, min_score=min_score,
                           adaptive=adaptive, path_glob=path_glob, subset=subset, exclude=exclude,
                           dedup=dedup, target=target)
+        model_calls = self.queries.model_calls
         vector, description = self.queries.query_vector(query, negative=chosen.negative)
         vector, description = apply_feedback(self, vector, description, positive, negative_images,
                                              feedback_weights)
-        return self._page(vector, description, chosen, start)
+        with calm(self.queries.model_calls != model_calls):  # the model may run again soon: see kernels
+            return self._page(vector, description, chosen, start)
 
     def explain(self, hit: Hit | int | str, query: Any, **options: Any) -> Explanation:
         """Why `hit` (a Hit, row or path) scores as it does for `query`: image score, best caption,
@@ -219,8 +222,10 @@ class Searcher:
         index = self.index_of(item)
         vector = self._images.gather(np.array([index]))[0].astype(np.float32)
         parts = [Part(1.0, vector, f"like:{self._paths[index]}"), *negative_parts(chosen.negative)]
+        model_calls = self.queries.model_calls
         combined, description = self.queries.combine(parts)
-        return self._page(combined, description, chosen, start)
+        with calm(self.queries.model_calls != model_calls):
+            return self._page(combined, description, chosen, start)
 
     def search_many(self, queries: Sequence[Any], options: SearchOptions | None = None, *,
                     k: int | None = None, offset: int | None = None, negative: str | None = None,
@@ -235,8 +240,15 @@ class Searcher:
                           adaptive=adaptive, path_glob=path_glob, subset=subset, exclude=exclude,
                           dedup=dedup, target=target)
         texts = [text for query in queries for text in query_texts(query)]
+        model_calls = self.queries.model_calls
         self.queries.text_vectors(texts + [part.value for part in negative_parts(chosen.negative)])
         encoded = [self.queries.query_vector(query, negative=chosen.negative) for query in queries]
+        with calm(self.queries.model_calls != model_calls):
+            return self._many(encoded, chosen, start)
+
+    def _many(self, encoded: list[tuple[np.ndarray, str]], chosen: SearchOptions,
+              start: float) -> list[SearchResults]:
+        """The pages of several encoded queries: one pass over the matrix per block of queries."""
         if chosen.target != "images" or self._index.name != "exact" or not encoded:
             return [self._page(vector, description, chosen, start) for vector, description in encoded]
         mask = self._mask(chosen)

@@ -13,8 +13,7 @@ from clipwidgets.errors import InvalidInputError
 from clipwidgets.openmp import one_thread
 from clipwidgets.searching import kernels
 from clipwidgets.searching.blas import blas_thread_count, blas_threads
-from clipwidgets.searching.helper import split_matvec
-from clipwidgets.searching.kernels import Kernel, cpu_class, plan_kernel
+from clipwidgets.searching.kernels import Kernel, calm, cpu_class, plan_kernel
 from clipwidgets.settings import ENV_SEARCH_CPU
 
 AVX512 = frozenset({"sse2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16"})
@@ -53,7 +52,7 @@ def unit(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-@pytest.mark.parametrize(("copy", "busy", "name"), [(True, False, "fp32, split"),
+@pytest.mark.parametrize(("copy", "busy", "name"), [(True, False, "fp32"),
                                                     (True, True, "fp16, one thread"), (False, False, "fp16")])
 def test_every_kernel_stays_within_its_error_bound(dtype, copy, busy, name):
     rng = np.random.default_rng(4)
@@ -75,7 +74,7 @@ def test_busy_machine_changes_the_kernel_per_query():
     kernel = Kernel(matrix, plan_kernel(1000, 64), busy=lambda: state["busy"])
     query = unit(np.random.default_rng(2), 1, 64)[0].astype(np.float32)
     quiet, _ = kernel.scores(query)
-    assert kernel.last == "fp32, split"
+    assert kernel.last == "fp32"
     state["busy"] = True
     loaded, _ = kernel.scores(query)
     assert kernel.last == "fp16, one thread"
@@ -150,16 +149,44 @@ def test_the_search_cpu_setting_only_lowers_the_class(flags, monkeypatch):
         plan_kernel(10, 512)
 
 
-@pytest.mark.parametrize(("cpus", "busy", "name"), [(2, False, "fp32, split"), (1, False, "fp32, one thread"),
-                                                    (2, True, "fp16, one thread")])
-def test_small_matrix_kernel_by_cpus_and_load(cpus, busy, name):
+@pytest.mark.parametrize(("calm_scope", "busy", "name"), [
+    (False, False, "fp32"), (True, False, "fp32, one thread"), (True, True, "fp16, one thread")])
+def test_small_matrix_kernel_by_calm_scope_and_load(calm_scope, busy, name):
     rng = np.random.default_rng(8)
     matrix = unit(rng, 3001, 128).astype(np.float16)
-    kernel = Kernel(matrix, plan_kernel(3001, 128), busy=lambda: busy, cpus=cpus)
+    kernel = Kernel(matrix, plan_kernel(3001, 128), busy=lambda: busy)
     query = unit(rng, 1, 128)[0].astype(np.float32)
-    scores, eps = kernel.scores(query)
+    with calm(calm_scope):
+        scores, eps = kernel.scores(query)
     assert kernel.last == name
     assert np.abs(scores.float().numpy() - matrix.astype(np.float64) @ query.astype(np.float64)).max() <= eps
+
+
+def test_a_calm_scope_puts_small_products_on_one_blas_thread_and_only_on_this_thread():
+    before = blas_thread_count()
+    if before is None:
+        pytest.skip("numpy's BLAS is not OpenBLAS here: nothing to scope")
+    rng = np.random.default_rng(9)
+    small = Kernel(unit(rng, 500, 32).astype(np.float32), plan_kernel(500, 32), busy=lambda: False)
+    large = Kernel(unit(rng, 500, 32).astype(np.float32), kernels.KernelPlan(copy_fp32=False, cpu="test"),
+                   busy=lambda: False)
+    seen: list[int | None] = []
+
+    def product(matrix: np.ndarray) -> np.ndarray:
+        seen.append(blas_thread_count())
+        return matrix @ np.ones(32, dtype=np.float32)
+
+    elsewhere: list[int | None] = []
+    with calm():
+        with calm(False):  # an inner inactive scope keeps the outer one
+            small._blas(product)
+        large._blas(product)  # a large float32 store keeps BLAS's threads: 2x faster there
+        worker = threading.Thread(target=lambda: elsewhere.append(small._blas(product) is not None))
+        worker.start()
+        worker.join()
+    small._blas(product)
+    assert seen == [1, before, before, before] and small.last == "fp32" and elsewhere == [True]
+    assert blas_thread_count() == before
 
 
 def test_blas_threads_are_restored_after_the_block():
@@ -177,32 +204,7 @@ def test_blas_threads_are_restored_after_the_block():
     assert blas_thread_count() == before
 
 
-def test_split_products_from_several_threads_agree_and_restore_blas_threads():
-    rng = np.random.default_rng(9)
-    matrix = unit(rng, 4097, 64).astype(np.float32)
-    queries = unit(rng, 8, 64).astype(np.float32)
-    before = blas_thread_count()
-    found: dict[int, np.ndarray] = {}
-
-    def run(i: int) -> None:
-        for _ in range(20):
-            found[i] = split_matvec(matrix, queries[i])
-
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(len(queries))]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    for i, query in enumerate(queries):
-        np.testing.assert_allclose(found[i], matrix @ query, rtol=1e-5, atol=1e-6)
-    assert blas_thread_count() == before
-    with pytest.raises(ValueError):  # a product that fails raises in the caller, and the next one works
-        split_matvec(matrix, queries[0][:10])
-    np.testing.assert_allclose(split_matvec(matrix, queries[0]), matrix @ queries[0], rtol=1e-5, atol=1e-6)
-
-
-def test_a_small_store_search_splits_the_product_and_leaves_blas_threads_as_they_were(
-        store_factory, tiny_encoder, monkeypatch):
+def test_only_searches_that_ran_the_model_score_calmly(store_factory, tiny_encoder, monkeypatch):
     from clipwidgets.searcher import Searcher
 
     monkeypatch.setattr(kernels, "machine_busy", lambda: False)
@@ -213,10 +215,16 @@ def test_a_small_store_search_splits_the_product_and_leaves_blas_threads_as_they
                          texts=["caption of 0", "caption of 7"],
                          text_vectors=unit(rng, 2, dim).astype(np.float32), links=[0, 7])
     before = blas_thread_count()
-    with Searcher(path) as searcher:
+    with Searcher(path, tiny_encoder) as searcher:
+        searcher.search("a red square", k=5)
+        assert searcher.kernel == "fp32, one thread" and blas_thread_count() == before
+        searcher.search("a red square", k=5, offset=5)  # the cached text: the model did not run
+        assert searcher.kernel == "fp32"
+        searcher.search_many(["a blue circle", "a red square"], k=3)
+        assert searcher.kernel == "fp32, one thread"
         query = vectors[7] + 0.01 * vectors[0]
         results = searcher.search(query, k=5)
-        assert searcher.kernel == "fp32, split" and blas_thread_count() == before
+        assert searcher.kernel == "fp32" and blas_thread_count() == before
     exact = vectors.astype(np.float64) @ (query / np.linalg.norm(query)).astype(np.float32).astype(np.float64)
     assert [hit.index for hit in results] == np.lexsort((np.arange(2000), -exact))[:5].tolist()
     assert results[0].index == 7 and results[0].captions == ("caption of 7",)

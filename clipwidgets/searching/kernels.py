@@ -1,31 +1,37 @@
 """Fast scoring kernels: which one runs is chosen by the CPU's features and the matrix's size.
 
-- "fp32, split": small matrices (their float32 copy fits the CPU's cache): BLAS on a float32 copy,
-  the rows split between the calling thread and one helper thread, numpy's BLAS on one thread each
-  (helper.py). numpy's own two-thread BLAS is as fast but leaves its worker spinning for 0.1 s after
-  each product, which took a core from the next text-encoder call (blas.py).
+- "fp32": BLAS matrix-vector product on a float32 copy. Small matrices only (the copy doubles
+  their memory): there the matrix sits in the CPU's cache and BLAS beats the 16-bit kernel (10k x 512
+  on AVX512: 0.15 against 0.27 ms; on AVX2-only: 0.62 against 1.33 ms).
 - "fp16": torch.mv on the 16-bit matrix itself (float32 accumulation): it reads the matrix once, the
   memory-bandwidth floor, so it wins as soon as the matrix leaves the cache (1M x 512 on AVX512:
   ~30 ms against numpy float32's ~85 ms).
-- "fp32": BLAS on all its threads, for a store that keeps large float32 vectors (scored in place).
 
-A busy machine (load average at or above the number of CPUs) changes the choice per query: a short
-two-thread kernel stalls whenever another process holds a core (median 20 ms against 0.6 ms at 10k
-rows here), so small matrices are then scored by the 16-bit kernel on one thread ("fp16, one
-thread"; on one CPU, "fp32, one thread" is the idle choice). One thread means the calling thread's
-own OpenMP setting (clipwidgets.openmp.one_thread) or numpy's BLAS count for the call (blas.py):
-no global thread count is left changed.
+Two conditions change the choice per query:
 
-`CLIPWIDGETS_SEARCH_CPU` (clipwidgets.settings.ENV_SEARCH_CPU) = "avx2" or "other" makes the choice
-as on that lesser CPU class (benchmarks emulating an AVX2-only CPU); a class above the CPU's own is
-ignored.
+- A busy machine (load average at or above the number of CPUs): a short multi-threaded kernel stalls
+  whenever another process holds a core (median 20 ms against 0.6 ms at 10k rows here), so small
+  matrices are then scored by the 16-bit kernel on one thread ("fp16, one thread"), through the
+  calling thread's own OpenMP setting (clipwidgets.openmp.one_thread).
+- A calm scope (`calm()`, which the Searcher opens when the query ran the model): numpy's OpenBLAS
+  keeps its worker threads spinning for about 0.1 s after a product, and after a 0.15 ms search they
+  took a core from the next text-encoder call (a text query measured 40.8 ms back to back, the
+  encoder alone 20.8 ms). Inside the scope small products run on one BLAS thread ("fp32, one
+  thread"; blas.py), which wakes no worker; the 0.1-0.2 ms this costs is hidden in a 20 ms encode.
+  Outside it (vector queries, "more like this", paging with a cached text) BLAS keeps its threads.
+
+No global thread count is left changed. `CLIPWIDGETS_SEARCH_CPU` (clipwidgets.settings.ENV_SEARCH_CPU)
+= "avx2" or "other" makes the choice as on that lesser CPU class (benchmarks emulating an AVX2-only
+CPU); a class above the CPU's own is never used.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,10 +42,9 @@ from ..errors import InvalidInputError
 from ..openmp import one_thread
 from ..settings import ENV_SEARCH_CPU
 from .blas import blas_threads
-from .helper import split_matvec
 
 __all__ = ["CPU_CLASSES", "FP16_EPS", "FP32_COPY_BYTES", "FP32_EPS", "ONE_THREAD_BYTES", "Kernel",
-           "KernelPlan", "cpu_class", "machine_busy", "plan_kernel", "score", "score_batch", "tensor"]
+           "KernelPlan", "calm", "cpu_class", "machine_busy", "plan_kernel", "score", "score_batch", "tensor"]
 
 CPU_CLASSES = ("other", "avx2", "avx512")  # from least to most capable
 # Largest float32 copy (bytes) scored by BLAS instead of the 16-bit kernel, by CPU class. AVX512:
@@ -54,6 +59,7 @@ FP16_EPS = 1e-3
 FP32_EPS = 1e-4  # BLAS on float32: float32 rounding of products and sums only
 _BATCH_ROWS = 2048  # rows widened to float32 at a time by the batch kernel
 _CPUS = os.cpu_count() or 1
+_scope = threading.local()  # .calm: inside calm() on this thread
 
 
 def cpu_class(flags: frozenset[str] | None = None) -> str:
@@ -84,6 +90,18 @@ def machine_busy() -> bool:
         return False
 
 
+@contextmanager
+def calm(active: bool = True) -> Iterator[None]:
+    """Within the block (on this thread), small float32 products leave no BLAS worker running
+    afterwards (see the module doc); `active=False` changes nothing."""
+    before = getattr(_scope, "calm", False)
+    _scope.calm = before or active
+    try:
+        yield
+    finally:
+        _scope.calm = before
+
+
 @dataclass(frozen=True)
 class KernelPlan:
     """How one matrix is scored: `copy_fp32` keeps a float32 copy for BLAS (small matrices only)."""
@@ -103,22 +121,20 @@ class Kernel:
 
     `plan` decides whether a float32 copy is kept; `busy` (default: machine_busy) is asked per query.
     A float32 matrix is its own "copy"; it gets a float16 twin only when small (for busy machines),
-    so a large float32 store is never copied. `cpus` (default: the machine's) decides whether a
-    small product is split over two threads.
+    so a large float32 store is never copied.
     """
 
     def __init__(self, matrix: np.ndarray, plan: KernelPlan, *,
-                 busy: Callable[[], bool] | None = None, cpus: int | None = None) -> None:
+                 busy: Callable[[], bool] | None = None) -> None:
         wide = matrix.dtype == np.float32
         self.copy = np.ascontiguousarray(matrix, dtype=np.float32) if plan.copy_fp32 or wide else None
-        self.small = plan.copy_fp32  # the float32 product stays in the cache: split, never all threads
+        self.small = plan.copy_fp32  # a calm scope puts its products on one BLAS thread
         self.half = None
         if len(matrix) and (plan.copy_fp32 or not wide):
             self.half = tensor(np.ascontiguousarray(matrix, dtype=np.float16))
         # the 16-bit kernel rounds float32 stores to float16: at most 2**-11 for unit vectors
         self.matrix_eps = 0.0 if matrix.dtype == np.float16 else 2.0**-11
         self.busy = busy
-        self.cpus = _CPUS if cpus is None else cpus
         self.last = ""  # name of the kernel that ran last, for benchmarks and tests
 
     def scores(self, query: np.ndarray) -> tuple[torch.Tensor, float]:
@@ -128,33 +144,31 @@ class Kernel:
         busy = self.half is not None and self.half.numel() * 2 <= ONE_THREAD_BYTES and (
             self.busy or machine_busy)()
         if self.copy is not None and (not busy or self.half is None):
-            return torch.from_numpy(self._fp32(query.astype(np.float32))), FP32_EPS
+            return torch.from_numpy(self._blas(lambda copy: copy @ query.astype(np.float32))), FP32_EPS
         query16 = query.astype(np.float16)
         eps = FP16_EPS + self.matrix_eps + float(np.linalg.norm(query - query16.astype(np.float32)))
         self.last = "fp16, one thread" if busy else "fp16"
         assert self.half is not None
         return score(self.half, torch.from_numpy(query16), one=busy), eps
 
-    def _fp32(self, query: np.ndarray) -> np.ndarray:
-        assert self.copy is not None
-        if not self.small:
-            self.last = "fp32"
-            return self.copy @ query
-        if self.cpus < 2:
-            self.last = "fp32, one thread"
-            with blas_threads(1):
-                return self.copy @ query
-        self.last = "fp32, split"
-        return split_matvec(self.copy, query)
-
     def batch_scores(self, queries: np.ndarray) -> tuple[torch.Tensor, float]:
         """float32 scores (B, rows) for several unit queries, and a bound on their error."""
         eps = FP32_EPS + queries.shape[1] * 2.0**-23 + self.matrix_eps
         if self.copy is not None:
-            return torch.from_numpy(queries.astype(np.float32) @ self.copy.T), eps
+            return torch.from_numpy(self._blas(lambda copy: queries.astype(np.float32) @ copy.T)), eps
         if self.half is None:
             return torch.zeros((len(queries), 0)), eps
         return score_batch(self.half, torch.from_numpy(queries.astype(np.float32))), eps
+
+    def _blas(self, product: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """`product(float32 matrix)` on BLAS's threads, or on one inside a calm scope (small matrices)."""
+        assert self.copy is not None
+        if self.small and getattr(_scope, "calm", False):
+            self.last = "fp32, one thread"
+            with blas_threads(1):
+                return product(self.copy)
+        self.last = "fp32"
+        return product(self.copy)
 
 
 def score(matrix: torch.Tensor, vector: torch.Tensor, *, one: bool = False) -> torch.Tensor:
