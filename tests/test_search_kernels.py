@@ -229,3 +229,10 @@ def test_only_searches_that_ran_the_model_score_calmly(store_factory, tiny_encod
     assert [hit.index for hit in results] == np.lexsort((np.arange(2000), -exact))[:5].tolist()
     assert results[0].index == 7 and results[0].captions == ("caption of 7",)
     assert all(hit.captions == () for hit in results[1:] if hit.index != 0)
+
+
+def test_the_float32_copy_starts_on_a_cache_line():
+    matrix = unit(np.random.default_rng(11), 777, 96).astype(np.float16)
+    kernel = Kernel(matrix, plan_kernel(777, 96))
+    assert kernel.copy is not None and kernel.copy.ctypes.data % 64 == 0
+    assert kernel.copy.flags["C_CONTIGUOUS"] and np.array_equal(kernel.copy, matrix.astype(np.float32))
