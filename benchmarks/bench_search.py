@@ -2,7 +2,7 @@
 floor (the time to read the float16 matrix once, measured in the same run), for one query and a
 batch of 64; the approximate index's speed and recall@10; text query latency at 8,091 images.
 
-    python -m benchmarks.bench_search [--quick] [--scale]
+    python -m benchmarks.bench_search [--quick] [--scale] [--avx2-only]
 
 Vectors are random unit vectors (512-d); the approximate index is measured on clustered vectors,
 closer to real embeddings than uniform noise. Each timing reports the best and the median of its
@@ -11,13 +11,25 @@ clipwidgets is timed twice per size, interleaved with numpy and the floor: with 
 on an idle machine ("search") and on a busy one ("search_busy", see clipwidgets.searching.kernels).
 `--scale` adds exact top-10 over a 10M x 512 float16 memory map of 10 segments (about 10 GB, written
 once under benchmarks/results/cache/, page cache warmed first) against its read floor.
+
+The text query is timed back to back (each search with a new text right after the last) and with
+queries 0.5 s apart, beside the encoder alone and the search alone, so that anything one leaves
+running which slows the other shows. On an AVX512 CPU the full run also times exact search as on an
+AVX2-only CPU, emulated (`--avx2-only`, in a child process): torch's AVX2 kernels
+(ATEN_CPU_CAPABILITY=avx2), OpenBLAS's Haswell kernels, numpy without its AVX512 code paths, MKL and
+oneDNN capped at AVX2, and clipwidgets' kernel choice for AVX2 (CLIPWIDGETS_SEARCH_CPU=avx2). The
+memory system stays this machine's, so it is an emulation, not an AVX2 machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,10 +45,12 @@ from clipwidgets.searching import kernels
 from clipwidgets.searching.blocks import BlockMatrix
 from clipwidgets.searching.index import ExactIndex
 from clipwidgets.searching.scorers import ImageScorer
+from clipwidgets.settings import ENV_SEARCH_CPU
 from clipwidgets.store import EmbeddingStore, VectorBlock
 
 DIM = 512
 K = 10
+SPACED_S = 0.5  # pause between the spaced text queries
 BATCH = 64
 FLICKR8K_IMAGES = 8091
 META = {"name": "benchmark-vectors", "pretrained": "none", "embed_dim": DIM}
@@ -70,8 +84,9 @@ def unit_vectors(count: int, *, seed: int, centres: np.ndarray | None = None, sp
 def write_store(path: Path, matrix: np.ndarray, meta: dict[str, Any] = META) -> Path:
     count = len(matrix)
     with EmbeddingStore.create(path, meta, path.parent) as store:
-        store.add_images([f"img/{i:07d}.jpg" for i in range(count)], matrix, sizes=np.ones(count),
-                         mtimes_ns=np.ones(count), widths=np.ones(count), heights=np.ones(count))
+        ones = [1] * count
+        store.add_images([f"img/{i:07d}.jpg" for i in range(count)], matrix, sizes=ones, mtimes_ns=ones,
+                         widths=ones, heights=ones)
     return path
 
 
@@ -183,7 +198,7 @@ def faiss_flat(matrix32: np.ndarray, queries: np.ndarray, repeats: int) -> dict[
     return figures
 
 
-def exact_figures(count: int, folder: Path, repeats: int) -> dict[str, Any]:
+def exact_figures(count: int, folder: Path, repeats: int, *, with_faiss: bool = True) -> dict[str, Any]:
     """One size: clipwidgets, numpy float32, faiss IndexFlatIP and the floor, one query and a batch."""
     queries = unit_vectors(BATCH, seed=1).astype(np.float32)
     matrix = unit_vectors(count, seed=count)
@@ -192,11 +207,12 @@ def exact_figures(count: int, folder: Path, repeats: int) -> dict[str, Any]:
     figures = single_query(path, matrix32, queries, repeats)
     figures.update(ours_batch(path, queries, repeats))
     path.unlink()
-    figures.update(faiss_flat(matrix32, queries, repeats))
+    if with_faiss:
+        figures.update(faiss_flat(matrix32, queries, repeats))
+        figures["speedup_vs_faiss_flat"] = figures["faiss_flat_ms"] / figures["search_ms"]
     figures["ratio_vs_floor"] = figures["search_ms"] / figures["floor_ms"]
     figures["ratio_vs_numpy_fp32"] = figures["search_ms"] / figures["numpy_fp32_ms"]
     figures["busy_ratio_vs_numpy_fp32"] = figures["search_busy_ms"] / figures["numpy_fp32_ms"]
-    figures["speedup_vs_faiss_flat"] = figures["faiss_flat_ms"] / figures["search_ms"]
     figures["speedup_vs_numpy_fp32"] = figures["numpy_fp32_ms"] / figures["search_ms"]
     figures["batch_speedup_per_query"] = figures["search_ms"] / figures["batch_ms_per_query"]
     return figures
@@ -235,38 +251,90 @@ def text_query_figures(folder: Path, repeats: int, *, quick: bool) -> dict[str, 
                        meta=encoder.meta)
     texts = iter(f"a dog playing in the park number {i}" for i in range(10_000))
     with Searcher(path, encoder) as searcher:
-        new_text_ms, new_text_median_ms = best_and_median(lambda: searcher.search(next(texts), k=K), repeats)
-        cached_ms, _ = best_and_median(lambda: searcher.search("a dog playing in the park", k=K), repeats)
-        encode_ms, _ = best_and_median(lambda: encoder.encode_texts([next(texts)]), repeats)
         vector = searcher.query_vector("a dog playing in the park")[0]
-        search_only_ms, _ = best_and_median(lambda: searcher.search(vector, k=K), repeats * 5)
+        calls = {"text_query": lambda: searcher.search(next(texts), k=K),
+                 "encode_text": lambda: encoder.encode_texts([next(texts)]),
+                 "search_only": lambda: searcher.search(vector, k=K)}
+        measured = interleaved(calls, repeats * 3)  # back to back, encoder and search alone between
+        cached_ms, _ = best_and_median(lambda: searcher.search("a dog playing in the park", k=K), repeats)
+        spaced = []
+        for _ in range(max(3, repeats // 2)):
+            time.sleep(SPACED_S)
+            start = time.perf_counter()
+            searcher.search(next(texts), k=K)
+            spaced.append((time.perf_counter() - start) * 1000)
+        kernel = searcher.kernel
     path.unlink()
-    return {"images": FLICKR8K_IMAGES, "text_query_ms": new_text_ms,
-            "text_query_median_ms": new_text_median_ms, "cached_text_query_ms": cached_ms,
-            "encode_text_ms": encode_ms, "search_only_ms": search_only_ms}
+    figures: dict[str, Any] = {
+        "images": FLICKR8K_IMAGES, "cached_text_query_ms": cached_ms, "search_kernel": kernel,
+        "spaced_text_query_ms": min(spaced), "spaced_text_query_median_ms": statistics.median(spaced)}
+    for name, (best, median) in measured.items():
+        figures[f"{name}_ms"], figures[f"{name}_median_ms"] = best, median
+    # > 1: the encoder and the search slow each other down when one follows the other
+    figures["text_query_slowdown"] = figures["text_query_median_ms"] / (
+        figures["encode_text_median_ms"] + figures["search_only_median_ms"])
+    return figures
+
+
+def exact_table(quick: bool, folder: Path, *, with_faiss: bool = True) -> dict[str, Any]:
+    """Exact top-10 at 10k, 100k (and 1M) rows: figures per size, printed as one table."""
+    sizes = (10_000, 100_000) if quick else (10_000, 100_000, 1_000_000)
+    cpu_class = kernels.cpu_class()
+    figures: dict[str, Any] = {"cpu_class": cpu_class,
+                               "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    rows = []
+    for count in sizes:
+        repeats = (10 if count >= 1_000_000 else 30) if not quick else 5
+        load_before = os.getloadavg()[0]
+        measured = exact_figures(count, folder, repeats, with_faiss=with_faiss)
+        measured["load_average"] = (load_before + os.getloadavg()[0]) / 2
+        figures.update({f"n{count}_{name}": value for name, value in measured.items()})
+        rows.append([count, measured["floor_ms"], measured["search_ms"], measured["kernel"],
+                     measured["ratio_vs_floor"], measured["numpy_fp32_ms"],
+                     measured["ratio_vs_numpy_fp32"], measured["search_busy_ms"],
+                     measured["search_busy_median_ms"], measured["numpy_fp32_median_ms"],
+                     measured.get("faiss_flat_ms", "-"), measured["batch_ms_per_query"],
+                     measured["equals_float64_reference"] and measured["equals_float64_reference_busy"],
+                     measured["load_average"]])
+    print_table(f"Exact top-10, kernels for CPU class {cpu_class} (torch {figures['torch_cpu_capability']}), "
+                "best of interleaved repeats (ms); busy: the kernel a busy machine gets", rows,
+                ["N", "floor", "clipwidgets", "kernel", "x floor", "numpy fp32", "/ numpy", "busy",
+                 "busy median", "numpy median", "faiss flat", "ours batch/q", "= float64", "load"])
+    return figures
+
+
+def avx2_environment() -> dict[str, str]:
+    """Environment variables that make this process's libraries use only AVX2 code (see the docstring)."""
+    from numpy._core._multiarray_umath import __cpu_features__  # type: ignore[import-not-found]
+
+    avx512 = [name for name, present in __cpu_features__.items()
+              if present and (name.startswith("AVX512") or name == "X86_V4")]
+    return {"ATEN_CPU_CAPABILITY": "avx2", "OPENBLAS_CORETYPE": "Haswell", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "ONEDNN_MAX_CPU_ISA": "AVX2", "NPY_DISABLE_CPU_FEATURES": " ".join(avx512),
+            ENV_SEARCH_CPU: "avx2"}
+
+
+def avx2_figures(quick: bool) -> dict[str, Any]:
+    """Exact search as on an AVX2-only CPU, emulated in a child process (run() on an AVX512 CPU)."""
+    environment = avx2_environment()
+    with tempfile.TemporaryDirectory(prefix="bench_search_avx2_") as tmp:
+        out = Path(tmp) / "avx2.json"
+        command = [sys.executable, "-m", "benchmarks.bench_search", "--avx2-only", "--json", str(out)]
+        subprocess.run(command + (["--quick"] if quick else []), env={**os.environ, **environment},
+                       check=True, timeout=1800)
+        figures = json.loads(out.read_text())
+    figures["emulation"] = " ".join(f"{name}={value}" for name, value in environment.items())
+    return figures
 
 
 def run(quick: bool) -> dict[str, Any]:
     """Measure, print tables, return the figures."""
-    sizes = (10_000, 100_000) if quick else (10_000, 100_000, 1_000_000)
     figures: dict[str, Any] = {"dim": DIM, "k": K, "batch": BATCH, "torch_threads": torch.get_num_threads()}
-    rows = []
     with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
         folder = Path(tmp)
-        for count in sizes:
-            repeats = (10 if count >= 1_000_000 else 30) if not quick else 5
-            measured = exact_figures(count, folder, repeats)
-            figures.update({f"n{count}_{name}": value for name, value in measured.items()})
-            rows.append([count, measured["floor_ms"], measured["search_ms"], measured["kernel"],
-                         measured["ratio_vs_floor"], measured["numpy_fp32_ms"],
-                         measured["ratio_vs_numpy_fp32"], measured["search_busy_ms"],
-                         measured["search_busy_median_ms"], measured["numpy_fp32_median_ms"],
-                         measured["faiss_flat_ms"], measured["batch_ms_per_query"],
-                         measured["equals_float64_reference"] and measured["equals_float64_reference_busy"]])
-        print_table("Exact top-10, best of interleaved repeats (ms); busy: the kernel a busy machine gets",
-                    rows,
-                    ["N", "floor", "clipwidgets", "kernel", "x floor", "numpy fp32", "/ numpy", "busy",
-                     "busy median", "numpy median", "faiss flat", "ours batch/q", "= float64"])
+        figures.update(exact_table(quick, folder))
+        if kernels.cpu_class() == "avx512":
+            figures.update({f"avx2_{name}": value for name, value in avx2_figures(quick).items()})
         ann = ann_figures(10_000 if quick else 200_000, folder, 20 if quick else 50)
         figures.update({f"ann_{name}": value for name, value in ann.items()})
         print_table("Approximate index (HNSW, clustered vectors)",
@@ -275,10 +343,14 @@ def run(quick: bool) -> dict[str, Any]:
         text = text_query_figures(folder, 5 if quick else 20, quick=quick)
         text["model"] = encoder_label = "tiny (quick mode)" if quick else "ViT-B-32-quickgelu, random weights"
         figures.update(text)
-        print_table(f"Text query at {FLICKR8K_IMAGES} images, {encoder_label}, fp32 (ms)",
-                    [[text["text_query_ms"], text["text_query_median_ms"], text["cached_text_query_ms"],
-                      text["encode_text_ms"], text["search_only_ms"]]],
-                    ["new text", "median", "cached text", "encoder only", "search only"])
+        print_table(f"Text query at {FLICKR8K_IMAGES} images, {encoder_label}, fp32, search kernel "
+                    f"{text['search_kernel']} (ms; back to back = each query right after the last)",
+                    [[text["text_query_ms"], text["text_query_median_ms"], text["encode_text_median_ms"],
+                      text["search_only_median_ms"], text["text_query_slowdown"],
+                      text["spaced_text_query_ms"], text["spaced_text_query_median_ms"],
+                      text["cached_text_query_ms"], round(os.getloadavg()[0], 2)]],
+                    ["back to back", "median", "encoder median", "search median", "/ (encoder + search)",
+                     f"{SPACED_S} s apart", "median", "cached text", "load"])
     return figures
 
 
@@ -334,7 +406,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="10k and 100k only, few repeats")
     parser.add_argument("--scale", action="store_true", help="only the 10M x 512 memory-mapped exact search")
     parser.add_argument("--scale-rows", type=int, default=SCALE_ROWS, help=argparse.SUPPRESS)
+    parser.add_argument("--avx2-only", action="store_true",
+                        help="only exact search, as on an AVX2-only CPU (emulated on an AVX512 CPU)")
+    parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # --avx2-only's figures (for run())
     args = parser.parse_args(argv)
+    if args.avx2_only:
+        if os.environ.get(ENV_SEARCH_CPU) != "avx2":  # the libraries read it at import: start again
+            given = sys.argv[1:] if argv is None else argv
+            arguments = [sys.executable, "-m", "benchmarks.bench_search", *given]
+            os.execve(sys.executable, arguments, {**os.environ, **avx2_environment()})
+        with tempfile.TemporaryDirectory(prefix="bench_search_avx2_") as tmp:
+            figures = exact_table(args.quick, Path(tmp), with_faiss=False)
+        if args.json is not None:
+            args.json.write_text(json.dumps(figures))
+        print(f"wrote {write_json(RESULTS_DIR / 'search_avx2.json', figures)}")
+        return
     if args.scale:
         scale = scale_figures(args.scale_rows)
         print_table(f"Exact top-10 over {scale['rows']:,} x {DIM} float16, {scale['segments']} "

@@ -27,6 +27,7 @@ from .feedback import FeedbackWeights, apply_feedback
 from .searching.blocks import BlockMatrix
 from .searching.filters import Filters
 from .searching.index import ApproximateIndex, ExactIndex, Scan
+from .searching.kernels import calm
 from .searching.options import DEFAULT_DEDUP, TARGETS, SearchOptions
 from .searching.query_encoder import Part, QueryEncoder, negative_parts, query_texts
 from .searching.ranking import Ranking, rank_page
@@ -186,10 +187,12 @@ class Searcher:
                           dedup=dedup, target=target)
         origin = QueryOrigin(query, chosen.negative, tuple(positive or ()), tuple(negative_images or ()),
                              feedback_weights)
+        model_calls = self.queries.model_calls
         vector, description = self.queries.query_vector(query, negative=chosen.negative)
         vector, description = apply_feedback(self, vector, description, origin.positive,
                                              origin.negative_images, feedback_weights)
-        return self._page(vector, description, chosen, start, origin=origin)
+        with calm(self.queries.model_calls != model_calls):  # the model may run again soon: see kernels
+            return self._page(vector, description, chosen, start, origin=origin)
 
     def explain(self, hit: Hit | int | str, query: Any = None, **options: Any) -> Explanation:
         """Why `hit` scores as it does: image score, best caption, each query part's share and an
@@ -233,8 +236,11 @@ class Searcher:
         index = self.index_of(item)
         vector = self._images.gather(np.array([index]))[0].astype(np.float32)
         parts = [Part(1.0, vector, f"like:{self._paths[index]}"), *negative_parts(chosen.negative)]
+        model_calls = self.queries.model_calls
         combined, description = self.queries.combine(parts)
-        return self._page(combined, description, chosen, start, origin=QueryOrigin(vector, chosen.negative))
+        origin = QueryOrigin(vector, chosen.negative)
+        with calm(self.queries.model_calls != model_calls):
+            return self._page(combined, description, chosen, start, origin=origin)
 
     def search_many(self, queries: Sequence[Any], options: SearchOptions | None = None, *,
                     k: int | None = None, offset: int | None = None, negative: str | None = None,
@@ -249,9 +255,16 @@ class Searcher:
                           adaptive=adaptive, path_glob=path_glob, subset=subset, exclude=exclude,
                           dedup=dedup, target=target)
         texts = [text for query in queries for text in query_texts(query)]
+        model_calls = self.queries.model_calls
         self.queries.text_vectors(texts + [part.value for part in negative_parts(chosen.negative)])
         encoded = [self.queries.query_vector(query, negative=chosen.negative) for query in queries]
         origins = [QueryOrigin(query, chosen.negative) for query in queries]
+        with calm(self.queries.model_calls != model_calls):
+            return self._many(encoded, origins, chosen, start)
+
+    def _many(self, encoded: list[tuple[np.ndarray, str]], origins: list[QueryOrigin], chosen: SearchOptions,
+              start: float) -> list[SearchResults]:
+        """The pages of several encoded queries: one pass over the matrix per block of queries."""
         if chosen.target != "images" or self._index.name != "exact" or not encoded:
             return [self._page(vector, description, chosen, start, origin=origin)
                     for (vector, description), origin in zip(encoded, origins, strict=True)]
@@ -316,9 +329,11 @@ class Searcher:
             ranking = Ranking(self._exact, vector, mask, scan=scan)
         candidates = self.num_images if mask is None else int(np.count_nonzero(mask))
         rows, values, total = rank_page(ranking, options, candidates, self._images.gather)
+        captioned = self._captions.has_caption[rows].tolist()  # the store is asked only for those
         hits = tuple(Hit(rank=options.offset + i + 1, index=row, path=self._paths[row], score=value,
-                         captions=tuple(self.store.captions(row)), origin=origin)
-                     for i, (row, value) in enumerate(zip(rows.tolist(), values.tolist(), strict=True)))
+                         captions=tuple(self.store.captions(row)) if has else (), origin=origin)
+                     for i, (row, value, has) in enumerate(zip(rows.tolist(), values.tolist(), captioned,
+                                                               strict=True)))
         return SearchResults(hits=hits, total=total, k=options.k, offset=options.offset, query=description,
                              target=options.target, backend="ann" if use_ann else "exact",
                              elapsed_ms=(time.perf_counter() - start) * 1000)

@@ -20,6 +20,7 @@ __all__ = [
     "ENV_FLICKR8K_URL",
     "ENV_MODEL",
     "ENV_PRETRAINED",
+    "ENV_SEARCH_CPU",
     "ENV_STORE",
     "TINY_MODEL",
 ]
@@ -30,6 +31,9 @@ ENV_PRETRAINED = "CLIPWIDGETS_PRETRAINED"  # pretrained tag or checkpoint file
 ENV_DATA = "CLIPWIDGETS_DATA"  # the Flickr8k-shaped data folder
 ENV_STORE = "CLIPWIDGETS_STORE"  # the HDF5 store
 ENV_FLICKR8K_URL = "CLIPWIDGETS_FLICKR8K_URL"  # a mirror of the Flickr8k archives
+# Search kernels chosen as on a lesser CPU class: "avx2" or "other" (benchmarks emulating an AVX2-only
+# CPU; see clipwidgets.searching.kernels). A class above the CPU's own is never used.
+ENV_SEARCH_CPU = "CLIPWIDGETS_SEARCH_CPU"
 
 # The model: ViT-B/32 with OpenAI's weights; "tiny" is the offline test model (random weights).
 DEFAULT_MODEL = "ViT-B-32-quickgelu"

@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from clipwidgets import cpu
+from clipwidgets.errors import InvalidInputError
 from clipwidgets.openmp import one_thread
 from clipwidgets.searching import kernels
-from clipwidgets.searching.kernels import Kernel, cpu_class, plan_kernel
+from clipwidgets.searching.blas import blas_thread_count, blas_threads
+from clipwidgets.searching.kernels import Kernel, calm, cpu_class, plan_kernel
+from clipwidgets.settings import ENV_SEARCH_CPU
 
 AVX512 = frozenset({"sse2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16"})
 AVX2 = frozenset({"sse2", "avx", "avx2", "fma", "f16c"})
@@ -49,8 +52,8 @@ def unit(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-@pytest.mark.parametrize(("copy", "busy", "name"), [(True, False, "fp32"), (True, True, "fp16, one thread"),
-                                                    (False, False, "fp16")])
+@pytest.mark.parametrize(("copy", "busy", "name"), [(True, False, "fp32"),
+                                                    (True, True, "fp16, one thread"), (False, False, "fp16")])
 def test_every_kernel_stays_within_its_error_bound(dtype, copy, busy, name):
     rng = np.random.default_rng(4)
     matrix = unit(rng, 5000, 512).astype(dtype)
@@ -129,3 +132,107 @@ def test_a_large_float32_matrix_is_scored_in_place():
     assert kernel.last == "fp32"
     assert np.abs(scores.numpy() - matrix.astype(np.float64) @ query.astype(np.float64)).max() <= eps
     assert kernel.batch_scores(query[None, :])[0].shape == (1, 3000)
+
+
+def test_the_search_cpu_setting_only_lowers_the_class(flags, monkeypatch):
+    flags(AVX512)
+    monkeypatch.setenv(ENV_SEARCH_CPU, "avx2")
+    assert cpu_class() == "avx2" and cpu_class(AVX512) == "avx512"  # explicit flags are taken as given
+    assert plan_kernel(30_000, 512).copy_fp32  # AVX2's threshold: 64 MB of float32
+    flags(AVX2)
+    monkeypatch.setenv(ENV_SEARCH_CPU, "avx512")
+    assert cpu_class() == "avx2"  # never a class above the CPU's own
+    monkeypatch.setenv(ENV_SEARCH_CPU, "other")
+    assert cpu_class() == "other"
+    monkeypatch.setenv(ENV_SEARCH_CPU, "avx3")
+    with pytest.raises(InvalidInputError, match="CLIPWIDGETS_SEARCH_CPU='avx3' is not a CPU class"):
+        plan_kernel(10, 512)
+
+
+@pytest.mark.parametrize(("calm_scope", "busy", "name"), [
+    (False, False, "fp32"), (True, False, "fp32, one thread"), (True, True, "fp16, one thread")])
+def test_small_matrix_kernel_by_calm_scope_and_load(calm_scope, busy, name):
+    rng = np.random.default_rng(8)
+    matrix = unit(rng, 3001, 128).astype(np.float16)
+    kernel = Kernel(matrix, plan_kernel(3001, 128), busy=lambda: busy)
+    query = unit(rng, 1, 128)[0].astype(np.float32)
+    with calm(calm_scope):
+        scores, eps = kernel.scores(query)
+    assert kernel.last == name
+    assert np.abs(scores.float().numpy() - matrix.astype(np.float64) @ query.astype(np.float64)).max() <= eps
+
+
+def test_a_calm_scope_puts_small_products_on_one_blas_thread_and_only_on_this_thread():
+    before = blas_thread_count()
+    if before is None:
+        pytest.skip("numpy's BLAS is not OpenBLAS here: nothing to scope")
+    rng = np.random.default_rng(9)
+    small = Kernel(unit(rng, 500, 32).astype(np.float32), plan_kernel(500, 32), busy=lambda: False)
+    large = Kernel(unit(rng, 500, 32).astype(np.float32), kernels.KernelPlan(copy_fp32=False, cpu="test"),
+                   busy=lambda: False)
+    seen: list[int | None] = []
+
+    def product(matrix: np.ndarray) -> np.ndarray:
+        seen.append(blas_thread_count())
+        return matrix @ np.ones(32, dtype=np.float32)
+
+    elsewhere: list[int | None] = []
+    with calm():
+        with calm(False):  # an inner inactive scope keeps the outer one
+            small._blas(product)
+        large._blas(product)  # a large float32 store keeps BLAS's threads: 2x faster there
+        worker = threading.Thread(target=lambda: elsewhere.append(small._blas(product) is not None))
+        worker.start()
+        worker.join()
+    small._blas(product)
+    assert seen == [1, before, before, before] and small.last == "fp32" and elsewhere == [True]
+    assert blas_thread_count() == before
+
+
+def test_blas_threads_are_restored_after_the_block():
+    before = blas_thread_count()
+    if before is None:
+        pytest.skip("numpy's BLAS is not OpenBLAS here: nothing to scope")
+    with blas_threads(1):
+        assert blas_thread_count() == 1
+        with blas_threads(1):  # nested: the outer block's saved count survives
+            assert blas_thread_count() == 1
+        assert blas_thread_count() == 1
+    assert blas_thread_count() == before
+    with pytest.raises(RuntimeError), blas_threads(1):
+        raise RuntimeError("restored on errors too")
+    assert blas_thread_count() == before
+
+
+def test_only_searches_that_ran_the_model_score_calmly(store_factory, tiny_encoder, monkeypatch):
+    from clipwidgets.searcher import Searcher
+
+    monkeypatch.setattr(kernels, "machine_busy", lambda: False)
+    rng = np.random.default_rng(10)
+    dim = tiny_encoder.dim
+    vectors = unit(rng, 2000, dim).astype(np.float32)
+    path = store_factory(images=[f"img/{i:05d}.jpg" for i in range(2000)], vectors=vectors,
+                         texts=["caption of 0", "caption of 7"],
+                         text_vectors=unit(rng, 2, dim).astype(np.float32), links=[0, 7])
+    before = blas_thread_count()
+    with Searcher(path, tiny_encoder) as searcher:
+        searcher.search("a red square", k=5)
+        assert searcher.kernel == "fp32, one thread" and blas_thread_count() == before
+        searcher.search("a red square", k=5, offset=5)  # the cached text: the model did not run
+        assert searcher.kernel == "fp32"
+        searcher.search_many(["a blue circle", "a red square"], k=3)
+        assert searcher.kernel == "fp32, one thread"
+        query = vectors[7] + 0.01 * vectors[0]
+        results = searcher.search(query, k=5)
+        assert searcher.kernel == "fp32" and blas_thread_count() == before
+    exact = vectors.astype(np.float64) @ (query / np.linalg.norm(query)).astype(np.float32).astype(np.float64)
+    assert [hit.index for hit in results] == np.lexsort((np.arange(2000), -exact))[:5].tolist()
+    assert results[0].index == 7 and results[0].captions == ("caption of 7",)
+    assert all(hit.captions == () for hit in results[1:] if hit.index != 0)
+
+
+def test_the_float32_copy_starts_on_a_cache_line():
+    matrix = unit(np.random.default_rng(11), 777, 96).astype(np.float16)
+    kernel = Kernel(matrix, plan_kernel(777, 96))
+    assert kernel.copy is not None and kernel.copy.ctypes.data % 64 == 0
+    assert kernel.copy.flags["C_CONTIGUOUS"] and np.array_equal(kernel.copy, matrix.astype(np.float32))

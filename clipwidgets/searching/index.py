@@ -57,8 +57,9 @@ class Scan:
         fetch = min(self.candidates, max(depth + 32, 2 * depth))
         while True:
             values, rows = self.scores.top(fetch)
-            if fetch == self.candidates or float(values[-1]) < float(values[depth - 1]) - 2 * self.eps:
-                return rows
+            low = float(values[depth - 1]) - 2 * self.eps
+            if fetch == self.candidates or float(values[-1]) < low:
+                return rows[values >= low]  # only these are re-scored
             fetch = min(self.candidates, fetch * 4)
 
     def count_at_least(self, threshold: float) -> int:

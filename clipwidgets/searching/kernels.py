@@ -7,29 +7,47 @@
   memory-bandwidth floor, so it wins as soon as the matrix leaves the cache (1M x 512 on AVX512:
   ~30 ms against numpy float32's ~85 ms).
 
-A busy machine (load average at or above the number of CPUs) changes the choice per query: a short
-multi-threaded kernel stalls whenever another process holds a core (median 20 ms against 0.6 ms at
-10k rows here), so small matrices are then scored by the 16-bit kernel on one thread. One thread
-means the calling thread's own OpenMP setting (clipwidgets.openmp.one_thread): torch's global
-thread count is never changed.
+Two conditions change the choice per query:
+
+- A busy machine (load average at or above the number of CPUs): a short multi-threaded kernel stalls
+  whenever another process holds a core (median 20 ms against 0.6 ms at 10k rows here), so small
+  matrices are then scored by the 16-bit kernel on one thread ("fp16, one thread"), through the
+  calling thread's own OpenMP setting (clipwidgets.openmp.one_thread).
+- A calm scope (`calm()`, which the Searcher opens when the query ran the model): numpy's OpenBLAS
+  keeps its worker threads spinning for about 0.1 s after a product, and after a 0.15 ms search they
+  took a core from the next text-encoder call (a text query measured 40.8 ms back to back, the
+  encoder alone 20.8 ms). Inside the scope small products run on one BLAS thread ("fp32, one
+  thread"; blas.py), which wakes no worker; the 0.1-0.2 ms this costs is hidden in a 20 ms encode.
+  Outside it (vector queries, "more like this", paging with a cached text) BLAS keeps its threads.
+
+No global thread count is left changed. `CLIPWIDGETS_SEARCH_CPU` (clipwidgets.settings.ENV_SEARCH_CPU)
+= "avx2" or "other" makes the choice as on that lesser CPU class (benchmarks emulating an AVX2-only
+CPU); a class above the CPU's own is never used.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .. import cpu
+from ..errors import InvalidInputError
 from ..openmp import one_thread
+from ..settings import ENV_SEARCH_CPU
+from .blas import blas_threads
 
-__all__ = ["FP16_EPS", "FP32_COPY_BYTES", "FP32_EPS", "ONE_THREAD_BYTES", "Kernel", "KernelPlan", "cpu_class",
-           "machine_busy", "plan_kernel", "score", "score_batch", "tensor"]
+__all__ = ["CPU_CLASSES", "FP16_EPS", "FP32_COPY_BYTES", "FP32_EPS", "ONE_THREAD_BYTES", "Kernel",
+           "KernelPlan", "aligned_float32", "calm", "cpu_class", "machine_busy", "plan_kernel", "score",
+           "score_batch", "tensor"]
 
+CPU_CLASSES = ("other", "avx2", "avx512")  # from least to most capable
 # Largest float32 copy (bytes) scored by BLAS instead of the 16-bit kernel, by CPU class. AVX512:
 # measured crossover between 10k and 100k rows at 512-d (the copy must stay in the L3 cache). AVX2:
 # the 16-bit kernel is 2x slower than BLAS at 10k there (issue 18), so the copy pays for longer.
@@ -41,25 +59,48 @@ ONE_THREAD_BYTES = 32 << 20
 FP16_EPS = 1e-3
 FP32_EPS = 1e-4  # BLAS on float32: float32 rounding of products and sums only
 _BATCH_ROWS = 2048  # rows widened to float32 at a time by the batch kernel
+_CPUS = os.cpu_count() or 1
+_scope = threading.local()  # .calm: inside calm() on this thread
 
 
 def cpu_class(flags: frozenset[str] | None = None) -> str:
     """"avx512" (AVX512F with F16C), "avx2" (AVX2 with F16C and FMA) or "other" (no fast 16-bit
-    conversions known: ARM, older x86)."""
-    flags = cpu.cpu_flags() if flags is None else flags
-    if {"avx512f", "f16c"} <= flags:
-        return "avx512"
-    if {"avx2", "f16c", "fma"} <= flags:
-        return "avx2"
-    return "other"
+    conversions known: ARM, older x86). Without `flags`, the CPU's own (cpu.cpu_flags()), lowered to
+    the class `CLIPWIDGETS_SEARCH_CPU` names, if it names a lesser one."""
+    own = cpu.cpu_flags() if flags is None else flags
+    if {"avx512f", "f16c"} <= own:
+        kind = "avx512"
+    elif {"avx2", "f16c", "fma"} <= own:
+        kind = "avx2"
+    else:
+        kind = "other"
+    wanted = os.environ.get(ENV_SEARCH_CPU, "").strip().lower()
+    if flags is not None or not wanted:
+        return kind
+    if wanted not in CPU_CLASSES:
+        raise InvalidInputError(f"{ENV_SEARCH_CPU}={wanted!r} is not a CPU class: use one of "
+                                f"{', '.join(CPU_CLASSES)}, or unset it to use this CPU's own ({kind}).")
+    return min(wanted, kind, key=CPU_CLASSES.index)  # never a class above the CPU's own
 
 
 def machine_busy() -> bool:
     """True when the 1-minute load average is at least the number of CPUs (False where unknown)."""
     try:
-        return os.getloadavg()[0] >= (os.cpu_count() or 1)
+        return os.getloadavg()[0] >= _CPUS
     except OSError:
         return False
+
+
+@contextmanager
+def calm(active: bool = True) -> Iterator[None]:
+    """Within the block (on this thread), small float32 products leave no BLAS worker running
+    afterwards (see the module doc); `active=False` changes nothing."""
+    before = getattr(_scope, "calm", False)
+    _scope.calm = before or active
+    try:
+        yield
+    finally:
+        _scope.calm = before
 
 
 @dataclass(frozen=True)
@@ -87,7 +128,12 @@ class Kernel:
     def __init__(self, matrix: np.ndarray, plan: KernelPlan, *,
                  busy: Callable[[], bool] | None = None) -> None:
         wide = matrix.dtype == np.float32
-        self.copy = np.ascontiguousarray(matrix, dtype=np.float32) if plan.copy_fp32 or wide else None
+        self.copy = None  # float32 rows for BLAS: an aligned copy when small, a float32 store as it is
+        if plan.copy_fp32:
+            self.copy = aligned_float32(matrix)
+        elif wide:
+            self.copy = np.ascontiguousarray(matrix)
+        self.small = plan.copy_fp32  # a calm scope puts its products on one BLAS thread
         self.half = None
         if len(matrix) and (plan.copy_fp32 or not wide):
             self.half = tensor(np.ascontiguousarray(matrix, dtype=np.float16))
@@ -103,8 +149,7 @@ class Kernel:
         busy = self.half is not None and self.half.numel() * 2 <= ONE_THREAD_BYTES and (
             self.busy or machine_busy)()
         if self.copy is not None and (not busy or self.half is None):
-            self.last = "fp32"
-            return torch.from_numpy(self.copy @ query.astype(np.float32)), FP32_EPS
+            return torch.from_numpy(self._blas(lambda copy: copy @ query.astype(np.float32))), FP32_EPS
         query16 = query.astype(np.float16)
         eps = FP16_EPS + self.matrix_eps + float(np.linalg.norm(query - query16.astype(np.float32)))
         self.last = "fp16, one thread" if busy else "fp16"
@@ -115,10 +160,31 @@ class Kernel:
         """float32 scores (B, rows) for several unit queries, and a bound on their error."""
         eps = FP32_EPS + queries.shape[1] * 2.0**-23 + self.matrix_eps
         if self.copy is not None:
-            return torch.from_numpy(queries.astype(np.float32) @ self.copy.T), eps
+            return torch.from_numpy(self._blas(lambda copy: queries.astype(np.float32) @ copy.T)), eps
         if self.half is None:
             return torch.zeros((len(queries), 0)), eps
         return score_batch(self.half, torch.from_numpy(queries.astype(np.float32))), eps
+
+    def _blas(self, product: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """`product(float32 matrix)` on BLAS's threads, or on one inside a calm scope (small matrices)."""
+        assert self.copy is not None
+        if self.small and getattr(_scope, "calm", False):
+            self.last = "fp32, one thread"
+            with blas_threads(1):
+                return product(self.copy)
+        self.last = "fp32"
+        return product(self.copy)
+
+
+def aligned_float32(matrix: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 copy of `matrix` that starts on a 64-byte boundary (a cache line), so
+    that AVX512 loads of its rows never straddle two lines. numpy's large arrays start 16 bytes into
+    a page; at 10k x 512 BLAS took 0.147-0.154 ms on those against 0.133-0.140 ms aligned."""
+    buffer = np.empty(matrix.size + 16, dtype=np.float32)
+    start = (-buffer.ctypes.data % 64) // 4
+    out = buffer[start:start + matrix.size].reshape(matrix.shape)
+    out[...] = matrix
+    return out
 
 
 def score(matrix: torch.Tensor, vector: torch.Tensor, *, one: bool = False) -> torch.Tensor:

@@ -64,6 +64,7 @@ class QueryEncoder:
         self.dim = int(model_meta["embed_dim"])
         self.encoder = encoder
         self.cache = TextCache(cache_size)
+        self.model_calls = 0  # how often the encoder ran (a search that ran it scores calmly, see kernels.py)
 
     def query_vector(self, query: Any, *, negative: str | None = None) -> tuple[np.ndarray, str]:
         """The unit float32 vector a query stands for, and a short description of the query."""
@@ -139,13 +140,16 @@ class QueryEncoder:
         missing = [text for text in dict.fromkeys(texts) if text not in vectors]
         if missing:
             encoded = self._require_encoder("text").encode_texts(missing)
+            self.model_calls += 1
             for text, vector in zip(missing, encoded, strict=True):
                 self.cache.put(text, vector)
                 vectors[text] = vector
         return vectors
 
     def _encode_image(self, image: Image.Image) -> np.ndarray:
-        return self._require_encoder("image").encode_images([image])[0]
+        encoded = self._require_encoder("image").encode_images([image])[0]
+        self.model_calls += 1
+        return encoded
 
     def _require_encoder(self, kind: str) -> Any:
         if self.encoder is None:
