@@ -19,6 +19,7 @@ unlisted, and the next writer deletes them), so the cache stays as generated.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -43,10 +44,34 @@ GENERATE_ROWS = 250_000  # rows per commit while generating (memory: ~1 GB of fl
 REPO = Path(__file__).resolve().parents[1]
 
 
+CENTRES = 4096  # clusters of the generated vectors (see `rows_between`)
+SHARED = 0.7  # weight of the direction every centre shares (CLIP embeddings are far from isotropic)
+SPREAD = 0.035  # per-coordinate noise around a centre: cosine ~0.78 to it, ~0.6 between cluster mates
+
+
+@functools.lru_cache(maxsize=1)
+def _clusters() -> tuple[np.ndarray, np.ndarray]:
+    """(CENTRES unit centres, their probabilities): uneven cluster sizes (log-normal weights)."""
+    rng = np.random.default_rng(20261127)
+    shared = rng.standard_normal(DIM).astype(np.float32)
+    own = rng.standard_normal((CENTRES, DIM), dtype=np.float32)
+    centres = SHARED * shared / np.linalg.norm(shared) + own / np.linalg.norm(own, axis=1, keepdims=True)
+    weights = rng.lognormal(0.0, 1.0, CENTRES)
+    return centres / np.linalg.norm(centres, axis=1, keepdims=True), weights / weights.sum()
+
+
 def rows_between(start: int, stop: int) -> np.ndarray:
-    """Deterministic unit rows start..stop (float32); row i depends only on i."""
+    """Deterministic unit rows start..stop (float32), clustered like real embeddings.
+
+    Each row is a centre (one of CENTRES, drawn with uneven weights; the centres share one direction,
+    so unrelated rows have cosine ~0.2) plus Gaussian noise (SPREAD per coordinate), normalised.
+    Uniform random vectors have no neighbour structure and make every approximate index look broken;
+    queries for the approximate index are drawn the same way from rows no store holds.
+    """
+    centres, weights = _clusters()
     rng = np.random.default_rng(start)
-    block = rng.standard_normal((stop - start, DIM), dtype=np.float32)
+    labels = rng.choice(CENTRES, size=stop - start, p=weights)
+    block = centres[labels] + SPREAD * rng.standard_normal((stop - start, DIM), dtype=np.float32)
     return block / np.linalg.norm(block, axis=1, keepdims=True)
 
 
@@ -227,6 +252,74 @@ def kill_figures(rows: int, kills: int, mode: str, *, seed: int) -> dict[str, An
             reported = count
         EmbeddingStore.open(path, "a").close()
         return {"kills": kills, "rows_at_end": reported, "prefix_ok": True}
+
+
+ANN_BUILD = textwrap.dedent("""
+    import json, os, sys, time
+    from clipwidgets.ann import build_ann_index
+    from clipwidgets.store import EmbeddingStore
+
+    store = EmbeddingStore.open(sys.argv[1])
+    started, cpu = time.perf_counter(), time.process_time()
+    written = build_ann_index(store, kind=sys.argv[2])
+    build_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    peak = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    print(json.dumps({"build_s": build_s, "cpu_s": cpu_s, "peak_rss_mb": peak,
+                      "index_mb": os.path.getsize(written) / 2**20, "kind": sys.argv[2]}))
+""")
+
+SEARCH = textwrap.dedent("""
+    import json, statistics, sys, time
+    import numpy as np
+    from benchmarks.bench_scale import query_rows
+    from benchmarks.bench_search import interleaved, read_floor
+    from clipwidgets.searcher import Searcher
+
+    path, count, ann = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "ann"
+    queries = query_rows(count)
+    out = {}
+    with Searcher(path, ann="never") as exact:
+        blocks = [np.asarray(block.vectors) for block in exact.store.vector_blocks()]
+        floors = [read_floor(block) for block in blocks]
+        def floor():
+            for read in floors:
+                read()
+        floor()  # warms the page cache: the whole store is read once
+        query = queries[0]
+        measured = interleaved({"floor": floor, "top10": lambda: exact.search(query, k=10)}, 10, rounds=2)
+        out.update(segments=len(blocks), floor_ms=measured["floor"][0], floor_median_ms=measured["floor"][1],
+                   exact_ms=measured["top10"][0], exact_median_ms=measured["top10"][1],
+                   exact_vs_floor=measured["top10"][0] / measured["floor"][0])
+        if ann:
+            truth = [[hit.index for hit in exact.search(q, k=10)] for q in queries]
+            with Searcher(path, ann="always") as approximate:
+                approximate.search(queries[0], k=10)  # warm-up
+                times, found = [], 0
+                for q, best in zip(queries, truth):
+                    started = time.perf_counter()
+                    hits = approximate.search(q, k=10)
+                    times.append(1000 * (time.perf_counter() - started))
+                    found += len({hit.index for hit in hits} & set(best))
+            out.update(ann_ms_median=statistics.median(times), ann_ms_p90=float(np.percentile(times, 90)),
+                       recall_at_10=found / (10 * len(queries)), queries=len(queries))
+    out["rss_mb"] = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    print(json.dumps(out))
+""")
+
+
+def query_rows(count: int) -> np.ndarray:
+    """`count` queries from the stored rows' distribution (same clusters), none of them stored."""
+    return rows_between(10**12, 10**12 + count)
+
+
+def search_figures(path: Path, *, queries: int, ann_kind: str | None) -> dict[str, Any]:
+    """Exact top-10 against the read floor (page cache warm), and, with `ann_kind`, the approximate
+    index: its build (time, CPU, peak RSS, size) and recall@10 / latency over `queries` queries."""
+    figures: dict[str, Any] = {}
+    if ann_kind:
+        figures["ann_build"] = _child(ANN_BUILD, str(path), ann_kind, timeout=7200)
+    figures.update(_child(SEARCH, str(path), str(queries), "ann" if ann_kind else "exact", timeout=7200))
+    return figures
 
 
 def vds_figures(path: Path, rows: int) -> dict[str, Any]:
