@@ -1,6 +1,6 @@
 """Scale: a 10M x 512 float16 store, commits that cost the batch, memory-mapped opens, SIGKILLs.
 
-    python -m benchmarks.bench_scale [--quick] [--rows N] [--kills 25]
+    python -m benchmarks.bench_scale [--quick] [--rows N] [--kills 25] [--only commit open vds search kills]
 
 The store is generated once through the store's own writer (commits of 250k rows, then a tiered
 `compact()`) and cached as benchmarks/results/cache/scale_<rows>.h5 (+ .h5.d/, ~10 GB at 10M); later
@@ -10,6 +10,9 @@ at 10M are measured by bench_search over it). Measured, each in a fresh process:
 - commit of 32 rows into the big store and into a 10k-row one (median, p90, max; their ratio);
 - the writer's peak RSS over those commits;
 - open in a fresh process (seconds and RSS after open);
+- exact top-10 against reading the segments once (the memory-bandwidth floor), page cache warm;
+- the approximate index (ivfpq): build time, CPU, memory and size; recall@10 and latency of 100
+  queries drawn from the stored rows' clusters, against exact search, at several probe settings;
 - SIGKILL at random moments during commits and during full compactions (whole-commit prefix kept).
 
 The commits are rolled back afterwards by restoring the manifest (the commit's new segments are then
@@ -255,17 +258,26 @@ def kill_figures(rows: int, kills: int, mode: str, *, seed: int) -> dict[str, An
 
 
 ANN_BUILD = textwrap.dedent("""
-    import json, os, sys, time
+    import json, os, sys, threading, time
     from clipwidgets.ann import build_ann_index
     from clipwidgets.store import EmbeddingStore
 
+    def status(key):
+        return next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith(key))
+
+    peak_anon, done = [0.0], threading.Event()
+    def sample():  # anonymous memory: RSS also counts the mapped segments' pages (page cache)
+        while not done.wait(0.2):
+            peak_anon[0] = max(peak_anon[0], status("RssAnon"))
+    threading.Thread(target=sample, daemon=True).start()
     store = EmbeddingStore.open(sys.argv[1])
     started, cpu = time.perf_counter(), time.process_time()
     written = build_ann_index(store, kind=sys.argv[2])
     build_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu
-    peak = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
-    print(json.dumps({"build_s": build_s, "cpu_s": cpu_s, "peak_rss_mb": peak,
-                      "index_mb": os.path.getsize(written) / 2**20, "kind": sys.argv[2]}))
+    done.set()
+    print(json.dumps({"build_s": build_s, "cpu_s": cpu_s, "peak_rss_mb": status("VmHWM"),
+                      "peak_anon_mb": peak_anon[0], "index_mb": os.path.getsize(written) / 2**20,
+                      "kind": sys.argv[2], "loadavg": open("/proc/loadavg").read().split()[:3]}))
 """)
 
 SEARCH = textwrap.dedent("""
@@ -291,17 +303,29 @@ SEARCH = textwrap.dedent("""
                    exact_ms=measured["top10"][0], exact_median_ms=measured["top10"][1],
                    exact_vs_floor=measured["top10"][0] / measured["floor"][0])
         if ann:
+            import clipwidgets.ann as ann_module
             truth = [[hit.index for hit in exact.search(q, k=10)] for q in queries]
             with Searcher(path, ann="always") as approximate:
-                approximate.search(queries[0], k=10)  # warm-up
-                times, found = [], 0
-                for q, best in zip(queries, truth):
-                    started = time.perf_counter()
-                    hits = approximate.search(q, k=10)
-                    times.append(1000 * (time.perf_counter() - started))
-                    found += len({hit.index for hit in hits} & set(best))
-            out.update(ann_ms_median=statistics.median(times), ann_ms_p90=float(np.percentile(times, 90)),
-                       recall_at_10=found / (10 * len(queries)), queries=len(queries))
+                settings = [(ann_module.IVFPQ_PROBES, ann_module.IVFPQ_CANDIDATES)]
+                if approximate._index.ann.kind == "ivfpq":
+                    settings += [(16, 512), (64, 512), (32, 1024), (16, 256)]
+                for probes, candidates in settings:
+                    if approximate._index.ann.kind == "ivfpq":
+                        approximate._index.ann.index.nprobe = probes
+                        ann_module.IVFPQ_CANDIDATES = candidates
+                    approximate.search(queries[0], k=10)  # warm-up
+                    times, found = [], 0
+                    for q, best in zip(queries, truth):
+                        started = time.perf_counter()
+                        hits = approximate.search(q, k=10)
+                        times.append(1000 * (time.perf_counter() - started))
+                        found += len({hit.index for hit in hits} & set(best))
+                    out.setdefault("ann", []).append(dict(
+                        probes=probes, candidates=candidates, ms_median=statistics.median(times),
+                        ms_p90=float(np.percentile(times, 90)), recall_at_10=found / (10 * len(queries))))
+            first = out["ann"][0]
+            out.update(ann_ms_median=first["ms_median"], ann_ms_p90=first["ms_p90"],
+                       recall_at_10=first["recall_at_10"], queries=len(queries))
     out["rss_mb"] = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
     print(json.dumps(out))
 """)
@@ -370,42 +394,70 @@ def vds_figures(path: Path, rows: int) -> dict[str, Any]:
     return figures
 
 
-def run(quick: bool, rows: int | None = None, kills: int | None = None) -> dict[str, Any]:
-    """Scale figures for `rows` (quick: 100k, else 10M) against a 10k-row store."""
+PARTS = ("commit", "open", "vds", "search", "kills")
+
+
+def run(quick: bool, rows: int | None = None, kills: int | None = None,
+        parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+    """Scale figures for `rows` (quick: 100k, else 10M) against a 10k-row store; `parts` picks measures."""
     rows = rows or (100_000 if quick else 10_000_000)
     kills = kills if kills is not None else (5 if quick else 25)
     commits = 60 if quick else 300
-    figures: dict[str, Any] = {"rows": rows, "dim": DIM}
-    big, small = cached_store(rows), cached_store(10_000)
+    figures: dict[str, Any] = {"rows": rows, "dim": DIM, "parts": list(parts), "quick": quick}
+    big = cached_store(rows)
     figures["generation"] = json.loads(big.with_name(big.name + ".json").read_text())
-    for label, path in (("big", big), ("10k", small)):
-        figures[f"commit_{label}"] = commit_figures(path, commits)
-    figures["commit_32_median_ms"] = figures["commit_big"]["median_s"] * 1000
-    figures["commit_ratio_big_vs_10k"] = figures["commit_big"]["median_s"] / figures["commit_10k"]["median_s"]
-    figures["writer_peak_rss_mb"] = figures["commit_big"]["peak_rss_mb"]
-    figures["open"] = open_figures(big, 3)
-    figures["open_s"], figures["open_rss_mb"] = figures["open"]["open_s"], figures["open"]["rss_mb"]
-    figures["vds"] = vds_figures(big, min(rows, 1_000_000))
-    kill_rows = 20_000 if quick else 200_000
-    figures["kills_commit"] = kill_figures(kill_rows, kills, "run", seed=1)
-    figures["kills_compact"] = kill_figures(kill_rows, kills, "compact", seed=2)
-    figures["kills_commit_ok"] = figures["kills_commit"]["kills"]  # kill_figures raises on a torn store
-    figures["kills_compact_ok"] = figures["kills_compact"]["kills"]
-    big_commit, small_commit = figures["commit_big"], figures["commit_10k"]
-    def ms(commit: dict[str, Any]) -> str:
-        return f"{commit['median_s'] * 1e3:.1f} / {commit['p90_s'] * 1e3:.1f} / {commit['max_s'] * 1e3:.0f}"
+    table: list[list[Any]] = []
+    if "commit" in parts:
+        small = cached_store(10_000)
+        for label, path in (("big", big), ("10k", small)):
+            figures[f"commit_{label}"] = commit_figures(path, commits)
+        big_commit, small_commit = figures["commit_big"], figures["commit_10k"]
+        figures["commit_32_median_ms"] = big_commit["median_s"] * 1000
+        figures["commit_ratio_big_vs_10k"] = big_commit["median_s"] / small_commit["median_s"]
+        figures["writer_peak_rss_mb"] = big_commit["peak_rss_mb"]
 
-    print_table(f"Scale: {rows:,} x {DIM} float16 store ({figures['generation']['segments']} segments)", [
-        ["commit of 32 rows, median / p90 / max (ms)", ms(big_commit), f"10k rows: {ms(small_commit)}"],
-        ["commit median, big / 10k", f"{figures['commit_ratio_big_vs_10k']:.2f}", "target <= 2"],
-        ["CPU time per commit, median (ms)", f"{big_commit['cpu_median_s'] * 1e3:.1f}",
-         f"10k rows: {small_commit['cpu_median_s'] * 1e3:.1f}; the rest is 4 fsyncs and waiting"],
-        ["writer peak RSS (MiB)", f"{figures['writer_peak_rss_mb']:.0f}", "target <= 1 GB"],
-        ["open in a fresh process (s)", f"{figures['open_s']:.3f}",
-         f"imports before it: {figures['open']['import_s']:.2f} s"],
-        ["RSS after open (MiB)", f"{figures['open_rss_mb']:.0f}", "target <= 300 MB"],
-        ["SIGKILL during commits / compactions", f"{kills} / {kills}", "whole-commit prefix each time"],
-    ], ["measure", "figure", "note"])
+        def ms(commit: dict[str, Any]) -> str:
+            return " / ".join(f"{commit[key] * 1e3:.1f}" for key in ("median_s", "p90_s", "max_s"))
+        table += [
+            ["commit of 32 rows, median / p90 / max (ms)", ms(big_commit), f"10k rows: {ms(small_commit)}"],
+            ["commit median, big / 10k", f"{figures['commit_ratio_big_vs_10k']:.2f}", "target <= 2"],
+            ["CPU time per commit, median (ms)", f"{big_commit['cpu_median_s'] * 1e3:.1f}",
+             f"10k rows: {small_commit['cpu_median_s'] * 1e3:.1f}; the rest is 4 fsyncs and waiting"],
+            ["writer peak RSS (MiB)", f"{figures['writer_peak_rss_mb']:.0f}", "target <= 1 GB"]]
+    if "open" in parts:
+        figures["open"] = open_figures(big, 3)
+        figures["open_s"], figures["open_rss_mb"] = figures["open"]["open_s"], figures["open"]["rss_mb"]
+        table += [["open in a fresh process (s)", f"{figures['open_s']:.3f}",
+                   f"imports before it: {figures['open']['import_s']:.2f} s"],
+                  ["RSS after open (MiB)", f"{figures['open_rss_mb']:.0f}", "target <= 300 MB"]]
+    if "vds" in parts:
+        figures["vds"] = vds_figures(big, min(rows, 1_000_000))
+    if "search" in parts:
+        searched = cached_store(10_000) if quick else big  # quick: the scripts, not the claims
+        found = search_figures(searched, queries=20 if quick else 100, ann_kind="ivfpq")
+        figures["search"] = found
+        build = found["ann_build"]
+        figures.update(exact_vs_floor=found["exact_vs_floor"], ann_recall_at_10=found["recall_at_10"],
+                       ann_ms_median=found["ann_ms_median"], ann_build_s=build["build_s"])
+        table += [
+            ["exact top-10 / read floor (best ms)", f"{found['exact_vs_floor']:.2f}",
+             f"{found['exact_ms']:.0f} / {found['floor_ms']:.0f} ms; target <= 1.3"],
+            ["ivfpq recall@10 / median ms per query",
+             f"{found['recall_at_10']:.3f} / {found['ann_ms_median']:.2f}", "target >= 0.95 / <= 10 ms"],
+            ["ivfpq build: s / peak anonymous MiB / index MiB",
+             f"{build['build_s']:.0f} / {build['peak_anon_mb']:.0f} / {build['index_mb']:.0f}",
+             f"CPU {build['cpu_s']:.0f} s"]]
+    if "kills" in parts:
+        kill_rows = 20_000 if quick else 200_000
+        figures["kills_commit"] = kill_figures(kill_rows, kills, "run", seed=1)
+        figures["kills_compact"] = kill_figures(kill_rows, kills, "compact", seed=2)
+        figures["kills_commit_ok"] = figures["kills_commit"]["kills"]  # kill_figures raises on a torn store
+        figures["kills_compact_ok"] = figures["kills_compact"]["kills"]
+        table.append(["SIGKILL during commits / compactions", f"{kills} / {kills}",
+                      "whole-commit prefix each time"])
+    segments = figures["generation"]["segments"]
+    print_table(f"Scale: {rows:,} x {DIM} float16 store ({segments} segments)", table,
+                ["measure", "figure", "note"])
     return figures
 
 
@@ -414,8 +466,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rows", type=int, help="rows of the big store (default 10M, quick 100k)")
     parser.add_argument("--kills", type=int, help="SIGKILLs during commits and during compactions each")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="measures to run")
     args = parser.parse_args(argv)
-    path = write_json(RESULTS_DIR / "scale.json", run(args.quick, args.rows, args.kills))
+    name = "scale.json" if len(args.only) == len(PARTS) else f"scale_{'_'.join(args.only)}.json"
+    path = write_json(RESULTS_DIR / name, run(args.quick, args.rows, args.kills, tuple(args.only)))
     print(f"wrote {path}")
 
 

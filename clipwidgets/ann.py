@@ -46,7 +46,7 @@ HNSW_NEIGHBOURS = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 IVF_PROBE_FRACTION = 1 / 8
-IVFPQ_MAX_LISTS = 4096  # k-means cost grows with the lists: 4096 train in ~1-2 min on 2 cores
+IVFPQ_MAX_LISTS = 4096  # k-means and adding cost grow with the lists (see docs/store.md, Scale)
 IVFPQ_PROBES = 32
 IVFPQ_CANDIDATES = 512
 BUILD_ROWS = 65_536  # rows converted to float32 and added at a time (128 MB at 512-d)
@@ -114,9 +114,10 @@ def _new_index(faiss: Any, store: StoreReader, kind: str, count: int, dim: int) 
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
         index.train(_training_sample(store, min(count, 256 * lists)))
         return index
-    lists = max(1, min(IVFPQ_MAX_LISTS, count // _TRAIN_PER_LIST, int(4 * math.sqrt(count))))
+    lists = max(1, min(IVFPQ_MAX_LISTS, count // _TRAIN_PER_LIST, int(2 * math.sqrt(count))))
     subs, bits = _pq_shape(count, dim)
     index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, lists, subs, bits, faiss.METRIC_INNER_PRODUCT)
+    index.pq.cp.niter = 10  # faiss's 25 k-means rounds per sub-quantizer cost 2x the build's training
     index.train(_training_sample(store, min(count, max(_TRAIN_PER_LIST * lists, 256 * 64))))
     return index
 
