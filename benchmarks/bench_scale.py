@@ -308,7 +308,7 @@ SEARCH = textwrap.dedent("""
             with Searcher(path, ann="always") as approximate:
                 settings = [(ann_module.IVFPQ_PROBES, ann_module.IVFPQ_CANDIDATES)]
                 if approximate._index.ann.kind == "ivfpq":
-                    settings += [(16, 512), (64, 512), (32, 1024), (16, 256)]
+                    settings += [(8, 1024), (32, 1024), (16, 512), (32, 2048)]
                 for probes, candidates in settings:
                     if approximate._index.ann.kind == "ivfpq":
                         approximate._index.ann.index.nprobe = probes
@@ -344,6 +344,45 @@ def search_figures(path: Path, *, queries: int, ann_kind: str | None) -> dict[st
         figures["ann_build"] = _child(ANN_BUILD, str(path), ann_kind, timeout=7200)
     figures.update(_child(SEARCH, str(path), str(queries), "ann" if ann_kind else "exact", timeout=7200))
     return figures
+
+
+def long_run_figures(rows: int, batch: int) -> dict[str, Any]:
+    """An indexing-like run without compact(): `rows` rows in commits of `batch`, into a new store;
+    the segment count after every commit, the slowest commits, and the bytes written per byte kept."""
+    from clipwidgets.store import EmbeddingStore, files
+
+    written = [0]
+    real_new_file = files._new_file
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        segment = real_new_file(*args, **kwargs)
+        written[0] += segment.file_bytes
+        return segment
+    files._new_file = counting
+    counts, times = [], []
+    try:
+        with (tempfile.TemporaryDirectory(prefix="bench_scale_long_", dir=CACHE_DIR) as tmp,
+              EmbeddingStore.create(Path(tmp) / "long.h5", META, Path(tmp) / "images") as store):
+            for start in range(0, rows, batch):
+                stop = min(rows, start + batch)
+                vectors = rows_between(start, stop)
+                started = time.perf_counter()
+                store.add_images([path_of(i) for i in range(start, stop)], vectors,
+                                 sizes=[1] * (stop - start), mtimes_ns=[1] * (stop - start),
+                                 widths=[1] * (stop - start), heights=[1] * (stop - start))
+                times.append(time.perf_counter() - started)
+                counts.append(store.info()["segments"])
+            final = store.info()
+    finally:
+        files._new_file = real_new_file
+    times_ms = np.array(times) * 1000
+    return {"rows": rows, "batch": batch, "commits": len(times), "segments_final": counts[-1],
+            "segments_max": max(counts), "segment_bytes": final["segment_bytes"],
+            "written_per_stored_byte": written[0] / final["segment_bytes"],
+            "commit_median_ms": float(np.median(times_ms)),
+            "commit_p99_ms": float(np.percentile(times_ms, 99)),
+            "commit_max_ms": float(times_ms.max()), "commits_over_1s": int((times_ms > 1000).sum()),
+            "total_s": float(times_ms.sum() / 1000), "segment_counts_every_100": counts[::100]}
 
 
 def vds_figures(path: Path, rows: int) -> dict[str, Any]:
@@ -394,7 +433,7 @@ def vds_figures(path: Path, rows: int) -> dict[str, Any]:
     return figures
 
 
-PARTS = ("commit", "open", "vds", "search", "kills")
+PARTS = ("commit", "open", "vds", "search", "kills")  # and "long" (--only long): minutes, not in the suite
 
 
 def run(quick: bool, rows: int | None = None, kills: int | None = None,
@@ -447,6 +486,12 @@ def run(quick: bool, rows: int | None = None, kills: int | None = None,
             ["ivfpq build: s / peak anonymous MiB / index MiB",
              f"{build['build_s']:.0f} / {build['peak_anon_mb']:.0f} / {build['index_mb']:.0f}",
              f"CPU {build['cpu_s']:.0f} s"]]
+    if "long" in parts:
+        figures["long_run"] = long = long_run_figures(20_000 if quick else 1_000_000, 128)
+        table.append(["long run without compact: segments final / max, bytes written per byte kept",
+                      f"{long['segments_final']} / {long['segments_max']}, "
+                      f"{long['written_per_stored_byte']:.1f}",
+                      f"{long['commits']} x {long['batch']} rows, slowest {long['commit_max_ms']:.0f} ms"])
     if "kills" in parts:
         kill_rows = 20_000 if quick else 200_000
         figures["kills_commit"] = kill_figures(kill_rows, kills, "run", seed=1)
@@ -466,9 +511,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rows", type=int, help="rows of the big store (default 10M, quick 100k)")
     parser.add_argument("--kills", type=int, help="SIGKILLs during commits and during compactions each")
-    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="measures to run")
+    parser.add_argument("--only", nargs="+", choices=(*PARTS, "long"), default=list(PARTS),
+                        help="measures to run")
     args = parser.parse_args(argv)
-    name = "scale.json" if len(args.only) == len(PARTS) else f"scale_{'_'.join(args.only)}.json"
+    name = "scale.json" if args.only == list(PARTS) else f"scale_{'_'.join(args.only)}.json"
     path = write_json(RESULTS_DIR / name, run(args.quick, args.rows, args.kills, tuple(args.only)))
     print(f"wrote {path}")
 

@@ -11,10 +11,10 @@ time and trains on a sample, so it never holds the collection in memory. Kinds:
 - "hnsw": a graph over float32 copies of the vectors (4 KB per 512-d row, plus the graph); best
   below a few hundred thousand rows (its build time grows fastest).
 - "ivf": inverted lists of float32 vectors (same memory), probed to 1/8 of the lists.
-- "ivfpq": inverted lists of product-quantised codes (dim / 8 bytes per row: 64 B for 512-d, so 10M
-  rows take ~0.7 GB), probing IVFPQ_PROBES lists and returning IVFPQ_CANDIDATES candidates that
-  search re-scores exactly from the store (see searching/index.py), which restores the ranking
-  the coarse codes blur.
+- "ivfpq": inverted lists of product-quantised codes, 4 bits per 4 dims (faiss fast scan: dim / 8
+  bytes per row, 64 B for 512-d, so 10M rows take ~0.7 GB), probing IVFPQ_PROBES lists and
+  returning IVFPQ_CANDIDATES candidates that search re-scores exactly from the store (see
+  searching/index.py), which restores the ranking the coarse codes blur.
 
 "auto" (the default) picks "hnsw" below AUTO_IVFPQ_ROWS rows and "ivfpq" from there.
 """
@@ -47,8 +47,8 @@ HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 IVF_PROBE_FRACTION = 1 / 8
 IVFPQ_MAX_LISTS = 4096  # k-means and adding cost grow with the lists (see docs/store.md, Scale)
-IVFPQ_PROBES = 32
-IVFPQ_CANDIDATES = 512
+IVFPQ_PROBES = 16
+IVFPQ_CANDIDATES = 1024
 BUILD_ROWS = 65_536  # rows converted to float32 and added at a time (128 MB at 512-d)
 _TRAIN_PER_LIST = 40  # faiss wants >= 39 training points per list
 _FINGERPRINT_ROWS = 4096
@@ -95,12 +95,10 @@ def _training_sample(store: StoreReader, size: int) -> np.ndarray:
     return np.ascontiguousarray(store.image_vectors(rows), dtype=np.float32)
 
 
-def _pq_shape(count: int, dim: int) -> tuple[int, int]:
-    """(sub-quantizers, bits): dim / 8 sub-vectors where that divides (8 dims each), 8-bit codes, fewer
-    bits for stores too small to train 256 centroids per sub-quantizer."""
-    subs = next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
-    bits = max(1, min(8, int(math.log2(max(2, count // _TRAIN_PER_LIST)))))
-    return subs, bits
+def _pq_shape(dim: int) -> int:
+    """Sub-quantizers of the 4-bit fast-scan codes: 4 dims each (an even count, as fast scan needs),
+    or 0 when `dim` has no such divisor (then 8-bit codes of 8 dims each are used)."""
+    return next((m for m in range(dim // 4, 1, -1) if dim % m == 0 and m % 2 == 0), 0)
 
 
 def _new_index(faiss: Any, store: StoreReader, kind: str, count: int, dim: int) -> Any:
@@ -115,8 +113,13 @@ def _new_index(faiss: Any, store: StoreReader, kind: str, count: int, dim: int) 
         index.train(_training_sample(store, min(count, 256 * lists)))
         return index
     lists = max(1, min(IVFPQ_MAX_LISTS, count // _TRAIN_PER_LIST, int(2 * math.sqrt(count))))
-    subs, bits = _pq_shape(count, dim)
-    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, lists, subs, bits, faiss.METRIC_INNER_PRODUCT)
+    subs, quantizer = _pq_shape(dim), faiss.IndexFlatIP(dim)
+    if subs:  # 4-bit codes scanned with SIMD: ~20x faster than 8-bit codes, as accurate per byte
+        index = faiss.IndexIVFPQFastScan(quantizer, dim, lists, subs, 4, faiss.METRIC_INNER_PRODUCT)
+    else:
+        subs = next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
+        bits = max(1, min(8, int(math.log2(max(2, count // _TRAIN_PER_LIST)))))
+        index = faiss.IndexIVFPQ(quantizer, dim, lists, subs, bits, faiss.METRIC_INNER_PRODUCT)
     index.pq.cp.niter = 10  # faiss's 25 k-means rounds per sub-quantizer cost 2x the build's training
     index.train(_training_sample(store, min(count, max(_TRAIN_PER_LIST * lists, 256 * 64))))
     return index

@@ -138,6 +138,29 @@ def test_auto_kind_picks_ivfpq_for_large_stores(ann_store, tmp_path, monkeypatch
         assert load_ann_index(store).kind == "ivfpq"
 
 
+@pytest.mark.parametrize(("dim", "codes"), [(64, "IndexIVFPQFastScan"), (6, "IndexIVFPQ")])
+def test_ivfpq_codes_by_dimension(tmp_path, dim, codes):
+    """4-bit fast-scan codes where the dimension splits into an even number of 4-d parts, 8-bit
+    product codes otherwise; both find the exact top-10 after the exact re-scoring."""
+    import faiss
+
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((20, dim))
+    rows = centres[rng.integers(0, 20, 3000)] + 0.3 * rng.standard_normal((3000, dim))
+    vectors = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    path = tmp_path / f"d{dim}.h5"
+    with EmbeddingStore.create(path, {"name": "t", "pretrained": "x", "embed_dim": dim}, tmp_path) as store:
+        store.add_images([f"r/{i}.jpg" for i in range(3000)], vectors, sizes=[1] * 3000, mtimes_ns=[1] * 3000,
+                         widths=[8] * 3000, heights=[8] * 3000)
+        build_ann_index(store, kind="ivfpq")
+        assert type(faiss.downcast_index(load_ann_index(store).index)).__name__ == codes
+    stored = vectors.astype(np.float16).astype(np.float64)
+    with Searcher(path, ann="always") as approximate:
+        for query in vectors[:5]:
+            truth = np.lexsort((np.arange(3000), -(stored @ query.astype(np.float64))))[:10]
+            assert [hit.index for hit in approximate.search(query, k=10)] == truth.tolist()
+
+
 def test_bad_index_kind(ann_store):
     store = EmbeddingStore.open(ann_store)
     with pytest.raises(InvalidInputError, match="Unknown index kind"):
