@@ -308,7 +308,7 @@ SEARCH = textwrap.dedent("""
             with Searcher(path, ann="always") as approximate:
                 settings = [(ann_module.IVFPQ_PROBES, ann_module.IVFPQ_CANDIDATES)]
                 if approximate._index.ann.kind == "ivfpq":
-                    settings += [(8, 1024), (32, 1024), (16, 512), (32, 2048)]
+                    settings += [(8, 2048), (32, 2048), (16, 1024), (16, 4096)]
                 for probes, candidates in settings:
                     if approximate._index.ann.kind == "ivfpq":
                         approximate._index.ann.index.nprobe = probes

@@ -48,7 +48,7 @@ HNSW_EF_SEARCH = 128
 IVF_PROBE_FRACTION = 1 / 8
 IVFPQ_MAX_LISTS = 4096  # k-means and adding cost grow with the lists (see docs/store.md, Scale)
 IVFPQ_PROBES = 16
-IVFPQ_CANDIDATES = 1024
+IVFPQ_CANDIDATES = 2048
 BUILD_ROWS = 65_536  # rows converted to float32 and added at a time (128 MB at 512-d)
 _TRAIN_PER_LIST = 40  # faiss wants >= 39 training points per list
 _FINGERPRINT_ROWS = 4096
