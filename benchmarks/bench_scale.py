@@ -306,12 +306,13 @@ SEARCH = textwrap.dedent("""
             import clipwidgets.ann as ann_module
             truth = [[hit.index for hit in exact.search(q, k=10)] for q in queries]
             with Searcher(path, ann="always") as approximate:
-                settings = [(ann_module.IVFPQ_PROBES, ann_module.IVFPQ_CANDIDATES)]
+                index = approximate._index.ann.index
+                settings = [(getattr(index, "nprobe", 0), ann_module.IVFPQ_CANDIDATES)]  # the defaults
                 if approximate._index.ann.kind == "ivfpq":
                     settings += [(8, 2048), (32, 2048), (16, 1024), (16, 4096)]
                 for probes, candidates in settings:
                     if approximate._index.ann.kind == "ivfpq":
-                        approximate._index.ann.index.nprobe = probes
+                        index.nprobe = probes
                         ann_module.IVFPQ_CANDIDATES = candidates
                     approximate.search(queries[0], k=10)  # warm-up
                     times, found = [], 0

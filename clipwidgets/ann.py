@@ -12,8 +12,8 @@ time and trains on a sample, so it never holds the collection in memory. Kinds:
   below a few hundred thousand rows (its build time grows fastest).
 - "ivf": inverted lists of float32 vectors (same memory), probed to 1/8 of the lists.
 - "ivfpq": inverted lists of product-quantised codes, 4 bits per 4 dims (faiss fast scan: dim / 8
-  bytes per row, 64 B for 512-d, so 10M rows take ~0.7 GB), probing IVFPQ_PROBES lists and
-  returning IVFPQ_CANDIDATES candidates that search re-scores exactly from the store (see
+  bytes per row, 64 B for 512-d, so 10M rows take ~0.7 GB), probing IVFPQ_PROBES lists (more in
+  small stores, enough to hold twice the candidates) and returning IVFPQ_CANDIDATES candidates that search re-scores exactly from the store (see
   searching/index.py), which restores the ranking the coarse codes blur.
 
 "auto" (the default) picks "hnsw" below AUTO_IVFPQ_ROWS rows and "ivfpq" from there.
@@ -166,8 +166,9 @@ class AnnIndex:
         self.index, self.kind = index, kind
         if kind == "ivf":
             index.nprobe = max(1, math.ceil(index.nlist * IVF_PROBE_FRACTION))
-        elif kind == "ivfpq":
-            index.nprobe = min(index.nlist, IVFPQ_PROBES)
+        elif kind == "ivfpq":  # enough lists to hold twice the candidates (small stores: short lists)
+            per_list = max(1.0, index.ntotal / index.nlist)
+            index.nprobe = min(index.nlist, max(IVFPQ_PROBES, 2 * math.ceil(IVFPQ_CANDIDATES / per_list)))
 
     def search(self, vector: np.ndarray, count: int) -> np.ndarray:
         """Candidate rows for `vector`, best first by the index's own scores: `count` of them, or
