@@ -13,8 +13,9 @@ time and trains on a sample, so it never holds the collection in memory. Kinds:
 - "ivf": inverted lists of float32 vectors (same memory), probed to 1/8 of the lists.
 - "ivfpq": inverted lists of product-quantised codes, 4 bits per 4 dims (faiss fast scan: dim / 8
   bytes per row, 64 B for 512-d, so 10M rows take ~0.7 GB), probing IVFPQ_PROBES lists (more in
-  small stores, enough to hold twice the candidates) and returning IVFPQ_CANDIDATES candidates that search re-scores exactly from the store (see
-  searching/index.py), which restores the ranking the coarse codes blur.
+  small stores, enough to hold twice the candidates) and returning IVFPQ_CANDIDATES candidates
+  that search re-scores exactly from the store (see searching/index.py), which restores the
+  ranking the coarse codes blur.
 
 "auto" (the default) picks "hnsw" below AUTO_IVFPQ_ROWS rows and "ivfpq" from there.
 """
