@@ -52,7 +52,7 @@ IVFPQ_PROBES = 16
 IVFPQ_CANDIDATES = 2048
 BUILD_ROWS = 65_536  # rows converted to float32 and added at a time (128 MB at 512-d)
 _TRAIN_PER_LIST = 40  # faiss wants >= 39 training points per list
-_FINGERPRINT_ROWS = 4096
+_FINGERPRINT_ROWS = 1024  # strided rows (and the last): every edit shifts rows or changes the last one
 
 
 def index_paths(store: StoreReader) -> tuple[Path, Path]:
