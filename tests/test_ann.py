@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def ann_store(tmp_path_factory, tiny_encoder):
     return path
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
 def test_approximate_index_finds_the_exact_top_10(ann_store, tmp_path, kind):
     path = ann_store
     if kind != "hnsw":
@@ -91,6 +92,73 @@ def test_a_stale_index_is_ignored(tmp_path, tiny_encoder):
         assert searcher.backend == "exact" and "predates" in searcher.ann_note
     with pytest.raises(InvalidInputError, match="ann='always' but .*predates"):
         Searcher(path, ann="always")
+
+
+def test_building_streams_the_segments_and_skips_deleted_rows(tmp_path, tiny_encoder, monkeypatch):
+    """ivfpq over several segments with tombstones, read a few rows at a time: never the whole matrix
+    or every path; the index's rows are the store's rows."""
+    import clipwidgets.ann as ann
+
+    path = tmp_path / "segments.h5"
+    vectors = clustered(np.random.default_rng(4), 3000)
+    with EmbeddingStore.create(path, tiny_encoder.meta, tmp_path) as store:
+        for start in range(0, 3000, 500):  # six commits: several segments
+            names = [f"r/{i:05d}.jpg" for i in range(start, start + 500)]
+            store.add_images(names, vectors[start:start + 500], sizes=[1] * 500, mtimes_ns=[1] * 500,
+                             widths=[8] * 500, heights=[8] * 500)
+        store.remove([f"r/{i:05d}.jpg" for i in range(0, 3000, 7)])
+        assert store.info()["segments"] > 1 and store.info()["tombstones"] > 0
+
+        def whole(*_: object) -> None:
+            raise AssertionError("the build read every row or path at once")
+        monkeypatch.setattr(store, "image_embeddings", whole)
+        monkeypatch.setattr(store, "image_paths", whole)
+        monkeypatch.setattr(ann, "BUILD_ROWS", 128)
+        build_ann_index(store, kind="ivfpq")
+        assert json.loads(index_paths(store)[1].read_text())["kind"] == "ivfpq"
+    live = np.delete(vectors, np.arange(0, 3000, 7), axis=0)
+    queries = clustered(np.random.default_rng(5), 20)
+    with Searcher(path, ann="always") as approximate:
+        found = 0
+        for query in queries:
+            truth = set(np.argsort(-(live @ query), kind="stable")[:10].tolist())
+            found += len({h.index for h in approximate.search(query, k=10)} & truth)
+        assert found / 200 >= 0.95
+
+
+def test_auto_kind_picks_ivfpq_for_large_stores(ann_store, tmp_path, monkeypatch):
+    import clipwidgets.ann as ann
+
+    path = Path(shutil.copy(ann_store, tmp_path / "auto.h5"))
+    shutil.copytree(ann_store.with_name("ann.h5.d"), tmp_path / "auto.h5.d")
+    monkeypatch.setattr(ann, "AUTO_IVFPQ_ROWS", 1000)
+    with EmbeddingStore.open(path) as store:
+        build_ann_index(store)
+        assert json.loads(index_paths(store)[1].read_text())["kind"] == "ivfpq"
+        assert load_ann_index(store).kind == "ivfpq"
+
+
+@pytest.mark.parametrize(("dim", "codes"), [(64, "IndexIVFPQFastScan"), (6, "IndexIVFPQ")])
+def test_ivfpq_codes_by_dimension(tmp_path, dim, codes):
+    """4-bit fast-scan codes where the dimension splits into an even number of 4-d parts, 8-bit
+    product codes otherwise; both find the exact top-10 after the exact re-scoring."""
+    import faiss
+
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((20, dim))
+    rows = centres[rng.integers(0, 20, 3000)] + 0.3 * rng.standard_normal((3000, dim))
+    vectors = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    path = tmp_path / f"d{dim}.h5"
+    with EmbeddingStore.create(path, {"name": "t", "pretrained": "x", "embed_dim": dim}, tmp_path) as store:
+        store.add_images([f"r/{i}.jpg" for i in range(3000)], vectors, sizes=[1] * 3000, mtimes_ns=[1] * 3000,
+                         widths=[8] * 3000, heights=[8] * 3000)
+        build_ann_index(store, kind="ivfpq")
+        assert type(faiss.downcast_index(load_ann_index(store).index)).__name__ == codes
+    stored = vectors.astype(np.float16).astype(np.float64)
+    with Searcher(path, ann="always") as approximate:
+        for query in vectors[:5]:
+            truth = np.lexsort((np.arange(3000), -(stored @ query.astype(np.float64))))[:10]
+            assert [hit.index for hit in approximate.search(query, k=10)] == truth.tolist()
 
 
 def test_bad_index_kind(ann_store):

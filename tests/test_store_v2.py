@@ -13,7 +13,8 @@ import pytest
 
 from clipwidgets.cli import main
 from clipwidgets.errors import StoreError
-from clipwidgets.store import EmbeddingStore, segments_folder
+from clipwidgets.store import EmbeddingStore, files, segments_folder
+from clipwidgets.store import merge as merge_policy
 from clipwidgets.store.merge import FACTOR, plan_merge, tier
 
 DIM = 16
@@ -64,6 +65,34 @@ def test_merge_policy():
     assert plan_merge(big, big, [10**7] * FACTOR, budget=10**6) is None  # too big for a commit
     assert plan_merge(big, big, [10**7] * FACTOR, budget=float("inf")) == (0, FACTOR)
     assert plan_merge([100, 40], [100, 100], [1, 1], budget=10) == (1, 2)  # mostly tombstones
+
+
+def test_a_long_run_of_small_commits_keeps_few_segments_without_compact(store, monkeypatch):
+    """Every merge above the inline budget (here: all of them) is paid for by the credit commits
+    earn, so 300 commits of 4 rows end in about 7 segments per tier, not 300, and every row is kept."""
+    monkeypatch.setattr(merge_policy, "INLINE_MERGE_BYTES", 1)
+    counts, kept = [], []
+    for commit in range(300):
+        kept.append(add(store, [f"{commit:03d}-{i}.jpg" for i in range(4)], seed=commit))
+        counts.append(store.info()["segments"])
+    tiers = tier(4 * 300 // FACTOR) + 1
+    assert max(counts) <= (FACTOR - 1) * tiers + 1 and counts[-1] < 300 // FACTOR
+    reader = EmbeddingStore.open(store.path)
+    assert np.array_equal(reader.image_embeddings(), np.concatenate(kept))
+    assert reader.image_path(1199) == "299-3.jpg" and len(segment_files(reader)) == counts[-1]
+    with h5py.File(store.path, "r") as f:  # the credit left over is recorded in the manifest
+        assert 0 <= int(f.attrs["merge_credit"]) <= reader.info()["segment_bytes"]
+
+
+def test_without_credit_big_merges_wait_for_compact(store, monkeypatch):
+    monkeypatch.setattr(merge_policy, "INLINE_MERGE_BYTES", 1)
+    monkeypatch.setattr(merge_policy, "CREDIT_PER_BYTE", 0)
+    monkeypatch.setattr(files, "CREDIT_PER_BYTE", 0)
+    for commit in range(2 * FACTOR):
+        add(store, [f"{commit:03d}.jpg"], seed=commit)
+    assert store.info()["segments"] == 2 * FACTOR and store.info()["merges_due"]
+    store.compact()
+    assert store.info()["segments"] == 2 and not store.info()["merges_due"]
 
 
 def test_tombstones_blocks_and_compaction(store):

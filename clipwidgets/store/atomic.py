@@ -1,9 +1,10 @@
 """Atomic file operations: fsync, write-then-rename, the writer lock, leftovers of killed writers.
 
-Every file a store writes goes through `write_atomically`: written to a temp name in the same folder,
-flushed and fsynced, renamed onto its final name, then the folder is fsynced. A process killed at any
-moment leaves either no file or the complete one under the final name (plus a temp file the next
-writer deletes).
+The manifest goes through `write_atomically`: written to a temp name in the same folder, fsynced
+together with the commit's other new files and their folder, renamed onto its final name, then its
+folder is fsynced. A process killed at any moment leaves either no file or the complete one under the
+final name (plus a temp file the next writer deletes). Every file is written before the first fsync,
+so the filesystem can commit them in fewer journal transactions.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import StoreError
@@ -22,8 +23,8 @@ if os.name == "nt":  # the writer lock: msvcrt on Windows (untested there), floc
 else:
     import fcntl
 
-__all__ = ["fsync_path", "is_temp_name", "lock", "remove_temp_files", "signature", "temp_path", "unlock",
-           "write_atomically"]
+__all__ = ["fsync_all", "fsync_path", "is_temp_name", "lock", "remove_temp_files", "signature", "temp_path",
+           "unlock", "write_atomically"]
 
 _TEMP = re.compile(r"\..+\.tmp-\d+-[0-9a-f]+")
 
@@ -41,6 +42,16 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_all(paths: Sequence[Path]) -> None:
+    """fsync every path, files before folders: once the files' journal commit is done, it also holds
+    their new folder entries, so the folders' fsyncs usually find nothing left to commit.
+
+    (Concurrent fsyncs from threads were measured too: no faster on this 2-core machine, where the
+    threads wait for a core.)"""
+    for path in sorted(paths, key=lambda p: p.is_dir()):
+        fsync_path(path)
+
+
 def temp_path(path: Path) -> Path:
     """A fresh temp name beside `path`: `.<name>.tmp-<pid>-<random hex>`."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
@@ -51,19 +62,20 @@ def is_temp_name(name: str) -> bool:
     return _TEMP.fullmatch(name) is not None
 
 
-def write_atomically(path: Path, write: Callable[[Path], None], *, sync_folder: bool = True) -> None:
-    """Call `write(temp)`, fsync the temp file and rename it onto `path`; the temp goes on any failure."""
+def write_atomically(path: Path, write: Callable[[Path], None], *, durable: Sequence[Path] = ()) -> None:
+    """Call `write(temp)`, fsync the temp file together with the files and folders `durable` lists
+    (so they are on disk before anything points to them), rename it onto `path`, fsync its folder.
+    The temp goes on any failure."""
     tmp = temp_path(path)
     try:
         write(tmp)
-        fsync_path(tmp)
+        fsync_all([tmp, *durable])
         os.replace(tmp, path)
     except BaseException:  # KeyboardInterrupt too: never leave the temp file behind
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    if sync_folder:
-        fsync_path(path.parent)
+    fsync_path(path.parent)
 
 
 def signature(path: Path) -> tuple[int, int, int] | None:

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, StoreError
+from . import merge as merge_policy
 from .atomic import lock, remove_temp_files, signature, unlock
 from .files import commit, failure_message, read_store, remove_unlisted, without_lost_texts
 from .format import DTYPES, FORMAT_VERSION, check_model_meta, model_label, open_checked
 from .manifest import segments_folder
-from .merge import INLINE_MERGE_BYTES
 from .segments import Segment, path_hashes
 from .snapshot import SkippedFile, Snapshot
 from .texts import Texts
@@ -324,9 +324,11 @@ class EmbeddingStore(StoreView):
         return validated_embeddings(embeddings, count, label, kind=kind, meta=self._attrs["model_meta"],
                                     dtype=self.dtype, store_path=self.path)
 
-    def _commit(self, snap: Snapshot, *, merge_budget: float = INLINE_MERGE_BYTES,
-                merge_all: bool = False) -> None:
-        """Write `snap` (files.commit); keep it as the committed snapshot on success."""
+    def _commit(self, snap: Snapshot, *, merge_budget: float | None = None, merge_all: bool = False) -> None:
+        """Write `snap` (files.commit; merges inline up to `merge_budget` bytes, default
+        merge.INLINE_MERGE_BYTES, and what credit pays for); keep it as the committed snapshot on success."""
+        if merge_budget is None:
+            merge_budget = merge_policy.INLINE_MERGE_BYTES
         snap = snap.edited(updated=_now())
         try:
             committed = commit(self.path, self._attrs, snap, merge_budget=merge_budget, merge_all=merge_all)

@@ -1,7 +1,8 @@
 """Reading a whole store (either format) from disk, and committing a snapshot to it.
 
-A commit writes new segment and text files under fresh names (fsynced, and their folder too), then
-atomically replaces the manifest, then deletes the files the new manifest no longer lists. Until the
+A commit writes new segment and text files under fresh names, then atomically replaces the manifest
+(the new files, their folder and the temp manifest are fsynced together before the rename), then
+deletes the files the new manifest no longer lists. Until the
 rename nothing a reader can see has changed, so a crash at any point leaves the previous or the new
 complete commit.
 """
@@ -19,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from .atomic import fsync_path, is_temp_name, signature, write_atomically
+from .atomic import is_temp_name, signature, write_atomically
 from .format import damaged, open_checked, read_root_attrs
 from .format_v1 import read_v1
 from .manifest import SEGMENT_NAME, TEXTS_NAME, read_manifest, segments_folder, write_manifest
-from .merge import plan_merge
+from .merge import CREDIT_PER_BYTE, plan_merge
 from .segments import Segment, map_segment, write_segment
 from .snapshot import Snapshot
 from .texts import write_texts
@@ -83,12 +84,18 @@ def commit(path: Path, attrs: Mapping[str, Any], snap: Snapshot, *, merge_budget
     written: list[Path] = []
     try:
         folder.mkdir(exist_ok=True)
-        snap = _write_pending(folder, attrs, snap, written)
+        snap, new_bytes = _write_pending(folder, attrs, snap, written)
         if merge_all and len(snap.segments) > 1:
             snap = merge(folder, attrs, snap, (0, len(snap.segments)), written)
-        while (window := plan_merge(*snap.sizes(), budget=merge_budget)) is not None:
+        credit = min(snap.merge_credit + CREDIT_PER_BYTE * new_bytes, sum(snap.sizes()[2]))
+        while (window := plan_merge(*snap.sizes(), budget=max(merge_budget, credit))) is not None:
+            size = sum(snap.sizes()[2][window[0]:window[1]])
             snap = merge(folder, attrs, snap, window, written)
-        write_atomically(path, lambda tmp: write_manifest(tmp, path, attrs, snap))
+            if size > merge_budget:  # paid for by credit
+                credit -= size
+        snap = snap.edited(merge_credit=int(max(0, credit)))
+        durable = [*written, folder] if written else []  # on disk, and listed in their folder
+        write_atomically(path, lambda tmp: write_manifest(tmp, path, attrs, snap), durable=durable)
     except BaseException:
         for file in written:
             with contextlib.suppress(OSError):
@@ -115,8 +122,7 @@ def _new_file(folder: Path, attrs: Mapping[str, Any], parts: list[tuple[Segment,
     written.append(target)
     # Written under its final name: no manifest lists it until the commit's rename, and a file left
     # half-written by a killed writer is deleted by the next one (remove_unlisted).
-    rows, offsets, path_bytes = write_segment(target, parts, dim=dim, dtype=dtype)
-    fsync_path(target)
+    rows, offsets, path_bytes = write_segment(target, parts, dim=dim, dtype=dtype)  # fsynced by commit()
     return map_segment(target, name, rows=rows, dim=dim, dtype=dtype, file_bytes=target.stat().st_size,
                        offsets=offsets, path_bytes=path_bytes)
 
@@ -130,7 +136,10 @@ def _replace_segments(snap: Snapshot, start: int, stop: int, new: Segment | None
     return snap.edited(segments=segments, dead=dead)
 
 
-def _write_pending(folder: Path, attrs: Mapping[str, Any], snap: Snapshot, written: list[Path]) -> Snapshot:
+def _write_pending(folder: Path, attrs: Mapping[str, Any], snap: Snapshot,
+                   written: list[Path]) -> tuple[Snapshot, int]:
+    """Write the pending rows as a segment and changed texts as a text file; (snapshot, segment bytes)."""
+    new_bytes = 0
     pending = [k for k, s in enumerate(snap.segments) if s.name is None]
     if pending:
         start = pending[0]
@@ -139,16 +148,14 @@ def _write_pending(folder: Path, attrs: Mapping[str, Any], snap: Snapshot, writt
         parts = [(snap.segments[k], snap.live_locals(k)) for k in pending]
         parts = [(s, rows) for s, rows in parts if len(rows)]
         new = _new_file(folder, attrs, parts, written) if parts else None
+        new_bytes = new.file_bytes if new is not None else 0
         snap = _replace_segments(snap, start, len(snap.segments), new)
     if snap.texts.name is None and len(snap.texts):
         name = f"texts-{secrets.token_hex(4)}.h5"
         written.append(folder / name)
         write_texts(folder / name, snap.texts)
-        fsync_path(folder / name)
         snap = snap.edited(texts=_named(snap.texts, name))
-    if written:
-        fsync_path(folder)
-    return snap
+    return snap, new_bytes
 
 
 def _named(texts: Any, name: str) -> Any:
@@ -164,7 +171,6 @@ def merge(folder: Path, attrs: Mapping[str, Any], snap: Snapshot, window: tuple[
     parts = [(snap.segments[k], snap.live_locals(k)) for k in range(start, stop)]
     parts = [(s, rows) for s, rows in parts if len(rows)]
     new = _new_file(folder, attrs, parts, written) if parts else None
-    fsync_path(folder)
     return _replace_segments(snap, start, stop, new)
 
 

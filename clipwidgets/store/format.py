@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InvalidInputError, StoreError
+from .h5write import put_attr
 
 __all__ = ["DTYPES", "FORMAT_NAME", "FORMAT_VERSION", "MODEL_KEYS", "READ_ERRORS", "STRING", "attr_str",
            "check_model_meta", "damaged", "model_label", "open_checked", "read_model_meta",
@@ -139,18 +140,13 @@ def read_root_attrs(path: Path, f: h5py.File) -> dict[str, Any]:
 
 def write_root_attrs(f: h5py.File, path: Path, attrs: Mapping[str, Any], *, created: str,
                      updated: str) -> None:
-    """Write the root attributes every store file starts with (format version 2)."""
+    """Write the root attributes every store file starts with (format version 2) on a new file."""
     meta = attrs["model_meta"]
-    f.attrs["format_name"] = FORMAT_NAME
-    f.attrs["format_version"] = FORMAT_VERSION
-    f.attrs["model_name"] = str(meta["name"])
-    f.attrs["model_pretrained"] = str(meta["pretrained"])
-    f.attrs["embed_dim"] = int(meta["embed_dim"])
-    f.attrs["model_meta"] = json.dumps(meta, sort_keys=True)
-    f.attrs["normalized"] = True
-    f.attrs["dtype"] = attrs["dtype"]
-    f.attrs["image_root"] = str(attrs["image_root"])
-    f.attrs["image_root_relative"] = os.path.relpath(attrs["image_root"], path.parent)
-    f.attrs["created"] = created
-    f.attrs["updated"] = updated
-    f.attrs["clipwidgets_version"] = __version__
+    values = {"format_name": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_name": str(meta["name"]),
+              "model_pretrained": str(meta["pretrained"]), "embed_dim": int(meta["embed_dim"]),
+              "model_meta": json.dumps(meta, sort_keys=True), "normalized": True, "dtype": attrs["dtype"],
+              "image_root": str(attrs["image_root"]),
+              "image_root_relative": os.path.relpath(attrs["image_root"], path.parent),
+              "created": created, "updated": updated, "clipwidgets_version": __version__}
+    for name, value in values.items():
+        put_attr(f, name, value)

@@ -17,10 +17,11 @@ import numpy as np
 from h5py import h5d, h5p, h5s, h5t
 
 from ..errors import StoreError
-from .format import READ_ERRORS, STRING, damaged, write_root_attrs
+from .format import READ_ERRORS, damaged, write_root_attrs
+from .h5write import put, put_attr, put_strings
 from .segments import COLUMNS, LAYOUT, Segment, map_segment
 from .snapshot import SkippedFile, Snapshot
-from .texts import Texts, read_strings, read_texts, strings
+from .texts import Texts, read_strings, read_texts
 
 __all__ = ["SEGMENT_NAME", "TEXTS_NAME", "read_manifest", "segments_folder", "write_manifest"]
 
@@ -40,20 +41,20 @@ def write_manifest(path: Path, store_path: Path, attrs: Mapping[str, Any], snap:
     dim, dtype = int(attrs["model_meta"]["embed_dim"]), attrs["dtype"]
     with h5py.File(path, "w") as f:
         write_root_attrs(f, store_path, attrs, created=snap.created, updated=snap.updated)
-        f.attrs["segments_folder"] = folder
-        f.attrs["next_id"] = snap.next_id
+        put_attr(f, "segments_folder", folder)
+        put_attr(f, "next_id", snap.next_id)
+        put_attr(f, "merge_credit", int(snap.merge_credit))
         table = f.create_group("segments")
         segs = snap.segments
-        table.create_dataset("name", data=strings([s.name or "" for s in segs]), dtype=STRING)
-        table.create_dataset("rows", data=np.array([len(s) for s in segs], np.int64))
-        table.create_dataset("first_id", data=np.array([int(s.ids[0]) for s in segs], np.int64))
-        table.create_dataset("last_id", data=np.array([int(s.ids[-1]) for s in segs], np.int64))
-        table.create_dataset("bytes", data=np.array([s.file_bytes for s in segs], np.int64))
-        table.create_dataset("path_bytes", data=np.array([len(s.path_bytes) for s in segs], np.int64))
-        offsets = np.array([s.offsets for s in segs], np.int64).reshape(-1, len(LAYOUT))
-        table.create_dataset("offsets", data=offsets)
+        put_strings(table, "name", [s.name or "" for s in segs])
+        for key, values in (("rows", [len(s) for s in segs]), ("first_id", [int(s.ids[0]) for s in segs]),
+                            ("last_id", [int(s.ids[-1]) for s in segs]),
+                            ("bytes", [s.file_bytes for s in segs]),
+                            ("path_bytes", [len(s.path_bytes) for s in segs])):
+            put(table, key, np.array(values, np.int64)).close()
+        put(table, "offsets", np.array([s.offsets for s in segs], np.int64).reshape(-1, len(LAYOUT))).close()
         images = f.create_group("images")
-        images.create_dataset("deleted", data=snap.dead)
+        put(images, "deleted", np.asarray(snap.dead, np.int64)).close()
         for column, column_dtype in _VIRTUAL.items():
             dt = np.dtype(dtype if column_dtype is None else column_dtype)
             tail = (dim,) if column == "embeddings" else ()
@@ -64,13 +65,13 @@ def write_manifest(path: Path, store_path: Path, attrs: Mapping[str, Any], snap:
             f["texts"] = h5py.ExternalLink(f"{folder}/{snap.texts.name}", "/texts")
         skipped = f.create_group("skipped")
         records = list(snap.skipped.values())
-        skipped.create_dataset("path", data=strings([r.path for r in records]), dtype=STRING)
-        skipped.create_dataset("reason", data=strings([r.reason for r in records]), dtype=STRING)
-        skipped.create_dataset("size", data=np.array([r.size for r in records], np.int64))
-        skipped.create_dataset("mtime_ns", data=np.array([r.mtime_ns for r in records], np.int64))
+        put_strings(skipped, "path", [r.path for r in records])
+        put_strings(skipped, "reason", [r.reason for r in records])
+        put(skipped, "size", np.array([r.size for r in records], np.int64)).close()
+        put(skipped, "mtime_ns", np.array([r.mtime_ns for r in records], np.int64)).close()
         subsets = f.create_group("subsets")
         for name, paths in snap.subsets.items():
-            subsets.create_dataset(name, data=strings(paths), dtype=STRING)
+            put_strings(subsets, name, list(paths))
 
 
 def _virtual_dataset(group: h5py.Group, column: str, dtype: np.dtype, tail: tuple[int, ...],
@@ -80,7 +81,7 @@ def _virtual_dataset(group: h5py.Group, column: str, dtype: np.dtype, tail: tupl
     when there are no segments."""
     total = sum(rows for _, rows in sources)
     if not sources:
-        group.create_dataset(column, shape=(0, *tail), dtype=dtype)
+        put(group, column, np.zeros((0, *tail), dtype)).close()
         return
     space = h5s.create_simple((total, *tail))
     dcpl = h5p.create(h5p.DATASET_CREATE)
@@ -114,6 +115,7 @@ def read_manifest(path: Path, f: h5py.File, attrs: Mapping[str, Any], *,
         offsets = np.asarray(table["offsets"][()], np.int64)
         dead = np.asarray(f["images/deleted"][()], np.int64)
         next_id = int(f.attrs["next_id"])
+        credit = int(f.attrs.get("merge_credit", 0))  # absent in stores written before it existed
         link = f.get("texts", getlink=True) if "texts" in f else None
         texts_name = link.filename.rpartition("/")[2] if isinstance(link, h5py.ExternalLink) else None
         skipped_group = f["skipped"]
@@ -151,7 +153,7 @@ def read_manifest(path: Path, f: h5py.File, attrs: Mapping[str, Any], *,
         _check_name(path, texts_name, TEXTS_NAME)
         texts = reuse.get(texts_name) or _read_texts(folder, texts_name, dim, dtype, dropped)
     return Snapshot(tuple(segments), dead, next_id, texts, skipped, subsets, attrs["created"],
-                    attrs["updated"])
+                    attrs["updated"], merge_credit=max(0, credit))
 
 
 def _read_texts(folder: Path, name: str, dim: int, dtype: str, dropped: list[str] | None) -> Texts:

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
+from .h5write import put, put_attr
 
 __all__ = ["CHUNK_ROWS", "COLUMNS", "LAYOUT", "SEGMENT_FORMAT", "Segment", "map_segment", "pack_paths",
            "path_hashes", "write_segment"]
@@ -151,8 +152,9 @@ def write_segment(path: Path, parts: Sequence[tuple[Segment, np.ndarray]], *, di
     offsets = np.zeros(total + 1, np.int64)
     order = np.argsort(hashes, kind="stable")
     with h5py.File(path, "w") as f:
-        f.attrs["format_name"] = SEGMENT_FORMAT
-        f.attrs["rows"] = total
+        put_attr(f, "format_name", SEGMENT_FORMAT)
+        put_attr(f, "rows", total)
+        located: dict[str, Any] = {}
         if total <= CHUNK_ROWS:  # one block: each dataset written whole at creation
             blocks = list(_blocks(parts, dtype))
             if blocks:
@@ -165,7 +167,7 @@ def write_segment(path: Path, parts: Sequence[tuple[Segment, np.ndarray]], *, di
                     "images/path_bytes": np.concatenate([b[4] for b in blocks]) if blocks
                     else np.zeros(0, np.uint8)}
             for key, values in data.items():
-                f.create_dataset(key, data=values)
+                located[key] = put(f, key, values)
         else:
             datasets = {key: f.create_dataset(key, shape, dt) for key, (dt, shape) in
                         _shapes(total, dim, dtype, path_total).items() if key in _STREAMED}
@@ -180,12 +182,15 @@ def write_segment(path: Path, parts: Sequence[tuple[Segment, np.ndarray]], *, di
                 if len(raw):
                     datasets["images/path_bytes"][byte_out:byte_out + len(raw)] = raw
                 out, byte_out = stop, byte_out + len(raw)
-        f.create_dataset("images/path_offsets", data=offsets)
-        f.create_dataset("images/path_length", data=np.diff(offsets).astype(np.int32))
-        f.create_dataset("index/hash_sorted", data=hashes[order])
-        f.create_dataset("index/hash_order", data=order.astype(np.int64))
-        located = [f[key].id.get_offset() for key in LAYOUT]
-    return total, [-1 if offset is None else int(offset) for offset in located], path_total
+        for key, values in (("images/path_offsets", offsets),
+                            ("images/path_length", np.diff(offsets).astype(np.int32)),
+                            ("index/hash_sorted", hashes[order]),
+                            ("index/hash_order", order.astype(np.int64))):
+            located[key] = put(f, key, values)
+        found = [(located[key] if key in located else f[key].id).get_offset() for key in LAYOUT]
+        for dataset in located.values():
+            dataset.close()
+    return total, [-1 if offset is None else int(offset) for offset in found], path_total
 
 
 _STREAMED = ("images/embeddings", "images/id", *(f"images/{name}" for name in COLUMNS), "images/path_bytes")

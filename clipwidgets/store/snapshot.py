@@ -50,6 +50,7 @@ class Snapshot:
     subsets: dict[str, tuple[str, ...]]
     created: str
     updated: str
+    merge_credit: int = 0  # bytes of merges above the inline budget that commits have earned (merge.py)
     _layout: _Layout | None = dataclasses.field(default=None, repr=False, compare=False)
     _captions: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(default=None, repr=False,
                                                                           compare=False)
