@@ -72,18 +72,19 @@ def classify(searcher: Any, labels: Sequence[str], *, template: str = DEFAULT_TE
                                 f"{DEFAULT_TEMPLATE!r}.")
     prompts = [template.format(label) for label in cleaned]
     vectors = np.stack([searcher.query_vector([(1.0, prompt)])[0] for prompt in prompts]).astype(np.float32)
-    matrix = searcher.store.image_embeddings()
-    count = len(matrix)
+    count = searcher.store.num_images
     top = np.zeros(count, dtype=np.int64)
     score = np.zeros(count, dtype=np.float32)
     probability = np.zeros(count, dtype=np.float32)
-    for first in range(0, count, _BLOCK_ROWS):
-        cosines = matrix[first:first + _BLOCK_ROWS].astype(np.float32) @ vectors.T
-        best = np.argmax(cosines, axis=1)
-        logits = LOGIT_SCALE * (cosines - cosines.max(axis=1, keepdims=True))
-        weights = np.exp(logits)
-        top[first:first + len(best)] = best
-        score[first:first + len(best)] = cosines[np.arange(len(best)), best]
-        probability[first:first + len(best)] = 1.0 / weights.sum(axis=1)
+    for block in searcher.store.vector_blocks():  # segment by segment: never one copy of the store
+        for first in range(0, len(block.rows), _BLOCK_ROWS):
+            rows = block.rows[first:first + _BLOCK_ROWS]
+            live = rows >= 0  # -1: a deleted image
+            cosines = block.vectors[first:first + _BLOCK_ROWS][live].astype(np.float32) @ vectors.T
+            best = np.argmax(cosines, axis=1)
+            logits = LOGIT_SCALE * (cosines - cosines.max(axis=1, keepdims=True))
+            top[rows[live]] = best
+            score[rows[live]] = cosines[np.arange(len(best)), best]
+            probability[rows[live]] = 1.0 / np.exp(logits).sum(axis=1)
     return ZeroShotLabels(labels=cleaned, paths=tuple(searcher.store.image_paths()), top=top, score=score,
                           probability=probability)

@@ -167,6 +167,33 @@ def test_classify_gives_each_image_its_closest_label(searcher, store, tiny_encod
     assert found.to_records()[0]["label"] == found.label_of(0)
 
 
+def test_classify_reads_a_segmented_store_block_by_block(tmp_path, tiny_encoder, monkeypatch):
+    """Two commits (two segments) and removed images (tombstones): every live row gets its own label,
+    without a copy of the whole matrix."""
+    from clipwidgets.store import EmbeddingStore
+
+    vectors = np.random.default_rng(3).normal(size=(40, int(tiny_encoder.meta["embed_dim"])))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    paths = [f"img_{i:02d}.jpg" for i in range(len(vectors))]
+    path = tmp_path / "two.h5"
+    with EmbeddingStore.create(path, tiny_encoder.meta, tmp_path / "images") as writer:
+        for chunk in (slice(0, 25), slice(25, 40)):
+            count = len(paths[chunk])
+            writer.add_images(paths[chunk], vectors[chunk], sizes=[1] * count, mtimes_ns=[1] * count,
+                              widths=[8] * count, heights=[8] * count)
+        writer.remove([paths[3], paths[30]])
+    with Searcher(path, tiny_encoder) as two_segments:
+        assert len(two_segments.store.vector_blocks()) == 2
+        expected = two_segments.store.image_embeddings().astype(np.float64)
+        monkeypatch.setattr(two_segments.store, "image_embeddings", lambda: pytest.fail("copied the store"))
+        found = two_segments.classify(["red", "green", "blue"])
+    prompts = tiny_encoder.encode_texts([f"a photo of a {label}" for label in found.labels])
+    cosines = expected @ prompts.astype(np.float64).T
+    assert len(found) == len(found.paths) == 38 and "img_03.jpg" not in found.paths
+    assert found.top.tolist() == cosines.argmax(axis=1).tolist()
+    assert np.allclose(found.score, cosines.max(axis=1), atol=1e-3)
+
+
 @pytest.mark.parametrize(("labels", "options", "message"), [
     ([], {}, "at least one label"),
     ("dog", {}, "list"),
