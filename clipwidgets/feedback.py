@@ -87,7 +87,7 @@ def apply_feedback(searcher: Any, vector: np.ndarray, description: str, positive
 
 def feedback_rows(searcher: Any, items: Iterable[Any] | None) -> np.ndarray:
     """Store rows of `items` (rows or paths), sorted and without repeats."""
-    if items is None:
+    if items is None or (isinstance(items, (list, tuple)) and not items):  # no marks: every search
         return np.zeros(0, dtype=np.int64)
     if isinstance(items, (str, int, np.integer)):
         items = [items]
