@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -232,6 +233,33 @@ def test_a_reader_racing_a_merge_reads_the_new_manifest(store, monkeypatch):
     monkeypatch.setattr(manifest, "map_segment", racing)
     reader = EmbeddingStore.open(store.path)
     assert raced and reader.image_paths() == ["a.jpg", "b.jpg"] and len(reader.vector_blocks()) == 1
+
+
+def test_a_merge_deleting_a_segment_while_it_is_mapped_is_harmless(store, monkeypatch):
+    """A merge can delete a segment right after a reader checked its size and before it maps it (CI
+    saw FileNotFoundError there): the reader holds the file open, so the map still works."""
+    from clipwidgets.store import segments
+
+    add(store, ["a.jpg"])
+    add(store, ["b.jpg"], seed=1)
+    doomed = [str(path) for path in segment_files(store)]
+    real_stat, real_fstat = segments.os.stat, segments.os.fstat
+
+    def deleting(stat):
+        def checked(target, *args, **kwargs):
+            result = stat(target, *args, **kwargs)
+            name = os.readlink(f"/proc/self/fd/{target}") if isinstance(target, int) else str(target)
+            if name in doomed:  # the writer's merge removes the segment just checked
+                os.unlink(name)
+            return result
+        return checked
+
+    monkeypatch.setattr(segments.os, "stat", deleting(real_stat))
+    monkeypatch.setattr(segments.os, "fstat", deleting(real_fstat))
+    with EmbeddingStore.open(store.path) as reader:
+        monkeypatch.undo()
+        assert not any(os.path.lexists(name) for name in doomed) and len(doomed) == 2
+        assert reader.image_paths() == ["a.jpg", "b.jpg"]
 
 
 def test_a_lost_text_file_is_named_and_dropped_on_request(store, capsys):

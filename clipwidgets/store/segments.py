@@ -213,16 +213,21 @@ def _problem(path: Path, text: str) -> StoreError:
                       "--drop-missing` to drop its rows.")
 
 
-def _file_size(path: Path, file_bytes: int) -> int:
+def _map_file(path: Path, file_bytes: int) -> tuple[int, np.ndarray]:
+    """(size, copy-on-write map) of a segment file, opened once: a writer's merge may delete the file
+    at any moment, and then this is a StoreError (read_store reads the newer manifest), never a
+    FileNotFoundError between checking the file and mapping it."""
     try:
-        size = os.stat(path).st_size
+        file = open(path, "rb")  # noqa: SIM115  (closed below by `with`; the map outlives it)
     except FileNotFoundError:
         raise _problem(path, f"is missing (a store is its file and the folder {path.parent.name}/ beside "
                        "it: copy, move or rename both together)") from None
-    if size != file_bytes:
-        raise _problem(path, f"has {size} bytes, but the manifest recorded {file_bytes} (truncated or "
-                       "replaced)")
-    return size
+    with file:
+        size = os.fstat(file.fileno()).st_size
+        if size != file_bytes:
+            raise _problem(path, f"has {size} bytes, but the manifest recorded {file_bytes} (truncated or "
+                           "replaced)")
+        return size, np.memmap(file, np.uint8, "c") if size else np.zeros(0, np.uint8)
 
 
 def _segment(path: Path, name: str, views: dict[str, np.ndarray], offsets: tuple[int, ...],
@@ -240,9 +245,8 @@ def map_segment(path: Path, name: str, *, rows: int, dim: int, dtype: str, file_
 
     StoreError naming the file when it is missing, truncated, or does not hold what the manifest says.
     """
-    size = _file_size(path, file_bytes)
+    size, mapped = _map_file(path, file_bytes)
     shapes = _shapes(rows, dim, dtype, path_bytes)
-    mapped = np.memmap(path, np.uint8, "c") if size else np.zeros(0, np.uint8)  # copy-on-write
     views = {}
     for key, offset in zip(LAYOUT, offsets, strict=True):
         dt, shape = shapes[key]
