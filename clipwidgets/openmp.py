@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["one_thread", "rest_threads"]
+__all__ = ["loaded_libraries", "one_thread", "rest_threads"]
 
 _OMP_PAUSE_SOFT = 1
 _RUNTIME = re.compile(r"/lib(gomp|omp|iomp5)[-.\w]*\.so[.\d]*$")  # GNU, LLVM and Intel OpenMP
@@ -36,7 +36,7 @@ def rest_threads() -> bool:
 @functools.cache
 def _pause_function() -> Callable[[int], int] | None:
     """`omp_pause_resource_all` of the OpenMP runtime loaded in this process (Linux), if any."""
-    for path in _loaded_runtimes():
+    for path in loaded_libraries(_RUNTIME):
         try:
             function = ctypes.CDLL(path).omp_pause_resource_all  # already loaded: the same instance
         except (OSError, AttributeError):
@@ -47,7 +47,9 @@ def _pause_function() -> Callable[[int], int] | None:
     return None
 
 
-def _loaded_runtimes() -> list[str]:
+def loaded_libraries(pattern: re.Pattern[str]) -> list[str]:
+    """Paths of the shared libraries this process has loaded whose path matches `pattern` (Linux:
+    /proc/self/maps; elsewhere none)."""
     if not sys.platform.startswith("linux"):
         return []
     try:
@@ -55,7 +57,7 @@ def _loaded_runtimes() -> list[str]:
     except OSError:
         return []
     fields = (line.split(maxsplit=5) for line in maps.splitlines())
-    return sorted({parts[5] for parts in fields if len(parts) == 6 and _RUNTIME.search(parts[5])})
+    return sorted({parts[5] for parts in fields if len(parts) == 6 and pattern.search(parts[5])})
 
 
 @contextmanager
@@ -95,7 +97,7 @@ def _thread_functions() -> tuple[Callable[[], int], Callable[[int], None]] | Non
     import torch
 
     folder = str(Path(torch.__file__).parent)
-    for path in sorted(_loaded_runtimes(), key=lambda path: not path.startswith(folder)):
+    for path in sorted(loaded_libraries(_RUNTIME), key=lambda path: not path.startswith(folder)):
         try:
             library = ctypes.CDLL(path)
             get_threads, set_threads = library.omp_get_max_threads, library.omp_set_num_threads

@@ -23,7 +23,8 @@ with_pool = threads()
 rested = openmp.rest_threads()
 after_rest = threads()
 again = (a @ a).sum().item()
-print(json.dumps({"runtimes": openmp._loaded_runtimes(), "rested": rested, "with_pool": with_pool,
+runtimes = openmp.loaded_libraries(openmp._RUNTIME)
+print(json.dumps({"runtimes": runtimes, "rested": rested, "with_pool": with_pool,
                   "after_rest": after_rest, "same": before == again}))
 """
 
@@ -40,7 +41,7 @@ def test_rest_threads_ends_the_spinning_pool_and_torch_still_computes_the_same()
 
 
 def test_rest_threads_is_a_no_op_without_an_openmp_runtime(monkeypatch):
-    monkeypatch.setattr(openmp, "_loaded_runtimes", lambda: [])
+    monkeypatch.setattr(openmp, "loaded_libraries", lambda pattern: [])
     openmp._pause_function.cache_clear()
     try:
         assert openmp.rest_threads() is False

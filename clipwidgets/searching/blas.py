@@ -18,10 +18,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import re
-import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
+
+from ..openmp import loaded_libraries
 
 __all__ = ["blas_thread_count", "blas_threads"]
 
@@ -76,7 +76,7 @@ def _thread_functions() -> tuple[Callable[[], int], Callable[[int], None]] | Non
     """(get, set) thread-count functions of the OpenBLAS that numpy loaded, if any."""
     import numpy  # noqa: F401  (loads numpy's BLAS, so that it is in the process's maps)
 
-    for path in _loaded_openblas():
+    for path in loaded_libraries(_OPENBLAS):
         try:
             library = ctypes.CDLL(path)  # already loaded: the same instance
         except OSError:
@@ -93,14 +93,3 @@ def _thread_functions() -> tuple[Callable[[], int], Callable[[int], None]] | Non
                 set_threads.restype = None
                 return get_threads, set_threads
     return None
-
-
-def _loaded_openblas() -> list[str]:
-    if not sys.platform.startswith("linux"):
-        return []
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return []
-    fields = (line.split(maxsplit=5) for line in maps.splitlines())
-    return sorted({parts[5] for parts in fields if len(parts) == 6 and _OPENBLAS.search(parts[5])})
