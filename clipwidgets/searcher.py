@@ -330,8 +330,8 @@ class Searcher:
         candidates = self.num_images if mask is None else int(np.count_nonzero(mask))
         rows, values, total = rank_page(ranking, options, candidates, self._images.gather)
         captioned = self._captions.has_caption[rows].tolist()  # the store is asked only for those
-        hits = tuple(Hit(rank=options.offset + i + 1, index=row, path=self._paths[row], score=value,
-                         captions=tuple(self.store.captions(row)) if has else (), origin=origin)
+        hits = tuple(Hit(options.offset + i + 1, row, self._paths[row], value,  # rank, index, path, score
+                         tuple(self.store.captions(row)) if has else (), origin)
                      for i, (row, value, has) in enumerate(zip(rows.tolist(), values.tolist(), captioned,
                                                                strict=True)))
         return SearchResults(hits=hits, total=total, k=options.k, offset=options.offset, query=description,

@@ -140,6 +140,8 @@ def _positions(blocks: Sequence[Any], num_rows: int) -> np.ndarray:
 def dot64(matrix: np.ndarray, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
     """float64 dot products of matrix[rows] with `query`, a block of rows at a time."""
     rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) <= _EXACT_ROWS:  # one block: the usual few dozen candidates of a top-k
+        return _products(matrix[rows], query)
     out = np.empty(len(rows))
     for first in range(0, len(rows), _EXACT_ROWS):
         block = rows[first:first + _EXACT_ROWS]

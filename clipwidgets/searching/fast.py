@@ -54,7 +54,9 @@ class FastScores:
         return cls([Part(scores, None)], eps)
 
     def masked(self, mask: np.ndarray | None) -> FastScores:
-        """A copy where rows outside `mask` (and deleted entries) score -inf."""
+        """A copy where rows outside `mask` (and deleted entries) score -inf; itself when none do."""
+        if mask is None and not any(isinstance(part.rows, np.ndarray) for part in self.parts):
+            return self
         parts = []
         for part in self.parts:
             allowed = None

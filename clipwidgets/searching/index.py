@@ -17,7 +17,15 @@ import numpy as np
 from .fast import FastScores
 from .scorers import ImageScorer
 
-__all__ = ["ApproximateIndex", "ExactIndex", "Scan", "VectorIndex"]
+__all__ = ["NOTHING", "ApproximateIndex", "ExactIndex", "Scan", "VectorIndex"]
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
+
+
+NOTHING = (_read_only(np.zeros(0, dtype=np.int64)), _read_only(np.zeros(0)))  # rows and scores of no hit
 
 
 class VectorIndex(Protocol):
@@ -38,7 +46,7 @@ class Scan:
         self.scorer, self.query, self.eps = scorer, np.asarray(query, dtype=np.float64), scores.eps
         self.scores = scores.masked(mask)
         self.candidates = num_rows if mask is None else int(np.count_nonzero(mask))
-        self._best: tuple[np.ndarray, np.ndarray] = (np.zeros(0, dtype=np.int64), np.zeros(0))
+        self._best = NOTHING
 
     def top(self, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and float64 scores of the best `depth` allowed rows, best first (ties: lower row)."""
@@ -108,7 +116,7 @@ class ApproximateIndex:
         candidates = self.num_rows if mask is None else int(np.count_nonzero(mask))
         depth = min(depth, candidates)
         if depth == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
+            return NOTHING
         fetch = depth * 4 if mask is None else depth * 4 * max(1, self.num_rows // max(1, candidates))
         rows = self.ann.search(np.asarray(query, dtype=np.float32), min(self.num_rows, fetch))
         if mask is not None:

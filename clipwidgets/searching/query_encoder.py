@@ -68,6 +68,8 @@ class QueryEncoder:
 
     def query_vector(self, query: Any, *, negative: str | None = None) -> tuple[np.ndarray, str]:
         """The unit float32 vector a query stands for, and a short description of the query."""
+        if negative is None and isinstance(query, np.ndarray) and query.ndim == 1:  # the common vector query
+            return self.checked_vector(query), _label(query)
         parts = [Part(weight, value, _label(value)) for weight, value in self.parts(query)]
         return self.combine(parts + negative_parts(negative))
 
@@ -127,7 +129,7 @@ class QueryEncoder:
             raise InvalidInputError(f"The query vector has {vector.shape[0]} values but the store's "
                                     f"embeddings have {self.dim} ({self.model_meta['name']}).")
         vector = vector.astype(np.float64)
-        norm = float(np.linalg.norm(vector))
+        norm = math.sqrt(float(vector @ vector))
         if not math.isfinite(norm) or norm == 0:
             raise InvalidInputError("The query vector is zero or not finite: it points nowhere.")
         return (vector / norm).astype(np.float32)

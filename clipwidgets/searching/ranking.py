@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .index import NOTHING
 from .options import SearchOptions
 from .results import ADAPTIVE_WINDOW, adaptive_cutoff
 
@@ -29,7 +30,7 @@ class Ranking:
 
     def __init__(self, index: Any, query: np.ndarray, mask: np.ndarray | None, *, scan: Any = None) -> None:
         self.index, self.query, self.mask, self.scan = index, query, mask, scan
-        self._best: tuple[np.ndarray, np.ndarray] = (np.zeros(0, dtype=np.int64), np.zeros(0))
+        self._best = NOTHING
 
     def top(self, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and float64 scores of the best `depth` allowed rows, best first."""

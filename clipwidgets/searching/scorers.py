@@ -37,7 +37,7 @@ class ImageScorer:
         self.images = images
 
     def fast(self, query: np.ndarray) -> FastScores:
-        return self.images.fast_scores(query.astype(np.float32))
+        return self.images.fast_scores(np.asarray(query, dtype=np.float32))
 
     def fast_batch(self, queries: np.ndarray) -> list[FastScores]:
         return self.images.batch_scores(queries.astype(np.float32))
