@@ -21,9 +21,12 @@ WORKDIR /app
 # CPU wheels of torch first, so that `pip install .` finds torch satisfied and never pulls CUDA builds.
 RUN pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY clipwidgets ./clipwidgets
-RUN pip install . && mkdir -p Data store .cache && chmod 1777 Data store .cache
+# gcc only while installing: it builds the float16 search kernel (clipwidgets/searching/_dot16.c)
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install . && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
+    && mkdir -p Data store .cache && chmod 1777 Data store .cache
 
 USER 1000:1000
 VOLUME ["/app/Data", "/app/store", "/app/.cache"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import logging
 import pkgutil
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 import clipwidgets
 
 PACKAGE_DIR = Path(clipwidgets.__file__).parent
-MODULES = sorted(info.name for info in pkgutil.walk_packages([str(PACKAGE_DIR)], "clipwidgets."))
+MODULES = sorted(info.name for info in pkgutil.walk_packages([str(PACKAGE_DIR)], "clipwidgets.")
+                 if str(importlib.util.find_spec(info.name).origin).endswith(".py"))  # not compiled ones
 SCREEN_LINES = 40
 
 

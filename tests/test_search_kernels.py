@@ -36,14 +36,31 @@ def test_cpu_class_reads_the_feature_flags(flags):
     assert cpu_class(AVX2 - {"f16c"}) == "other"
 
 
-@pytest.mark.parametrize(("value", "rows", "copy"), [
-    (AVX512, 10_000, True), (AVX512, 16_384, True), (AVX512, 30_000, False), (AVX512, 1_000_000, False),
-    (AVX2, 30_000, True), (AVX2, 40_000, False), (ARM, 100_000, True), (ARM, 1_000_000, False),
+@pytest.fixture
+def built(monkeypatch):
+    """Whether the compiled 16-bit kernel counts as built (its level as native.level gives it, or 0)."""
+    def set_built(value: bool) -> None:
+        monkeypatch.setattr(kernels.native, "level", lambda cpu, dim: int(value and cpu != "other"))
+    return set_built
+
+
+@pytest.mark.parametrize(("native", "value", "rows", "copy"), [
+    (False, AVX512, 10_000, True), (False, AVX512, 16_384, True), (False, AVX512, 30_000, False),
+    (False, AVX512, 1_000_000, False), (False, AVX2, 30_000, True), (False, AVX2, 40_000, False),
+    (False, ARM, 100_000, True), (False, ARM, 1_000_000, False),
+    (True, AVX512, 16_384, True), (True, AVX512, 30_000, False), (True, AVX2, 16_384, True),
+    (True, AVX2, 30_000, False), (True, ARM, 100_000, True),
 ])
-def test_float32_copy_only_where_blas_wins(flags, value, rows, copy):
+def test_float32_copy_only_where_blas_wins(flags, built, native, value, rows, copy):
     flags(value)
+    built(native)
     plan = plan_kernel(rows, 512)
     assert plan.copy_fp32 is copy and plan.cpu == cpu_class(value)
+
+
+def fp16_name(kernel: Kernel, name: str) -> str:
+    """`name` of a 16-bit kernel as `kernel` runs it: the compiled one where built (test_native_kernel.py)."""
+    return name.replace("fp16", "fp16 native") if kernel.native else name
 
 
 def unit(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
@@ -77,7 +94,7 @@ def test_busy_machine_changes_the_kernel_per_query():
     assert kernel.last == "fp32"
     state["busy"] = True
     loaded, _ = kernel.scores(query)
-    assert kernel.last == "fp16, one thread"
+    assert kernel.last == fp16_name(kernel, "fp16, one thread")
     np.testing.assert_allclose(quiet.numpy(), loaded.float().numpy(), atol=2e-3)
 
 
@@ -120,7 +137,8 @@ def test_a_small_search_leaves_torch_threads_alone(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
     kernel.scores(unit(np.random.default_rng(4), 1, 64)[0].astype(np.float32))
-    assert kernel.last == "fp16, one thread" and calls == [] and torch.get_num_threads() == before
+    assert kernel.last == fp16_name(kernel, "fp16, one thread")
+    assert calls == [] and torch.get_num_threads() == before
 
 
 def test_a_large_float32_matrix_is_scored_in_place():
@@ -134,7 +152,8 @@ def test_a_large_float32_matrix_is_scored_in_place():
     assert kernel.batch_scores(query[None, :])[0].shape == (1, 3000)
 
 
-def test_the_search_cpu_setting_only_lowers_the_class(flags, monkeypatch):
+def test_the_search_cpu_setting_only_lowers_the_class(flags, built, monkeypatch):
+    built(False)
     flags(AVX512)
     monkeypatch.setenv(ENV_SEARCH_CPU, "avx2")
     assert cpu_class() == "avx2" and cpu_class(AVX512) == "avx512"  # explicit flags are taken as given
@@ -158,7 +177,7 @@ def test_small_matrix_kernel_by_calm_scope_and_load(calm_scope, busy, name):
     query = unit(rng, 1, 128)[0].astype(np.float32)
     with calm(calm_scope):
         scores, eps = kernel.scores(query)
-    assert kernel.last == name
+    assert kernel.last == fp16_name(kernel, name)
     assert np.abs(scores.float().numpy() - matrix.astype(np.float64) @ query.astype(np.float64)).max() <= eps
 
 

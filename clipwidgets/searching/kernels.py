@@ -1,18 +1,22 @@
 """Fast scoring kernels: which one runs is chosen by the CPU's features and the matrix's size.
 
 - "fp32": BLAS matrix-vector product on a float32 copy. Small matrices only (the copy doubles
-  their memory): there the matrix sits in the CPU's cache and BLAS beats the 16-bit kernel (10k x 512
-  on AVX512: 0.15 against 0.27 ms; on AVX2-only: 0.62 against 1.33 ms).
-- "fp16": torch.mv on the 16-bit matrix itself (float32 accumulation): it reads the matrix once, the
-  memory-bandwidth floor, so it wins as soon as the matrix leaves the cache (1M x 512 on AVX512:
-  ~30 ms against numpy float32's ~85 ms).
+  their memory): there the matrix sits in the CPU's cache and BLAS is fastest (10k x 512 on the
+  2-core AVX512 EPYC: 0.13 ms, the compiled 16-bit kernel 0.14-0.22 ms on two threads).
+- "fp16 native": the compiled kernel (native.py, _dot16.c) on the 16-bit matrix itself, where it was
+  built and the CPU has AVX512F or AVX2 with FMA and F16C: it reads the matrix at the memory-bandwidth
+  floor (1M x 512: 1.03x the time of reading it once; 10M: 1.1x), so it wins as soon as the matrix
+  leaves the cache (20k rows: 0.25 against BLAS's 0.44 ms).
+- "fp16": torch.mv on the 16-bit matrix (float32 accumulation), where the compiled kernel is not
+  available. It is bound by its conversions, not by memory: ~18G values/s on those 2 cores, 1.9x
+  the read floor at 10M rows.
 
 Two conditions change the choice per query:
 
 - A busy machine (load average at or above the number of CPUs): a short multi-threaded kernel stalls
   whenever another process holds a core (median 20 ms against 0.6 ms at 10k rows here), so small
-  matrices are then scored by the 16-bit kernel on one thread ("fp16, one thread"), through the
-  calling thread's own OpenMP setting (clipwidgets.openmp.one_thread).
+  matrices are then scored by a 16-bit kernel on one thread ("fp16 native, one thread", or "fp16,
+  one thread" through the calling thread's own OpenMP setting, clipwidgets.openmp.one_thread).
 - A calm scope (`calm()`, which the Searcher opens when the query ran the model): numpy's OpenBLAS
   keeps its worker threads spinning for about 0.1 s after a product, and after a 0.15 ms search they
   took a core from the next text-encoder call (a text query measured 40.8 ms back to back, the
@@ -30,8 +34,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +44,7 @@ from .. import cpu
 from ..errors import InvalidInputError
 from ..openmp import one_thread
 from ..settings import ENV_SEARCH_CPU
+from . import native
 from .blas import blas_threads
 
 __all__ = ["CPU_CLASSES", "FP16_EPS", "FP32_COPY_BYTES", "FP32_EPS", "ONE_THREAD_BYTES", "Kernel",
@@ -48,10 +52,11 @@ __all__ = ["CPU_CLASSES", "FP16_EPS", "FP32_COPY_BYTES", "FP32_EPS", "ONE_THREAD
            "score_batch", "tensor"]
 
 CPU_CLASSES = ("other", "avx2", "avx512")  # from least to most capable
-# Largest float32 copy (bytes) scored by BLAS instead of the 16-bit kernel, by CPU class. AVX512:
-# measured crossover between 10k and 100k rows at 512-d (the copy must stay in the L3 cache). AVX2:
-# the 16-bit kernel is 2x slower than BLAS at 10k there (issue 18), so the copy pays for longer.
-FP32_COPY_BYTES = {"avx512": 32 << 20, "avx2": 64 << 20, "other": 256 << 20}
+# Largest float32 copy (bytes) scored by BLAS instead of a 16-bit kernel: "native" where the compiled
+# kernel runs (crossover between 10k and 20k rows at 512-d, on AVX512 and emulated AVX2 alike: the
+# copy must stay in the L3 cache), else by CPU class for torch.mv (AVX512: between 10k and 100k rows;
+# AVX2: torch.mv is 2x slower than BLAS at 10k there, issue 18, so the copy pays for longer).
+FP32_COPY_BYTES = {"native": 32 << 20, "avx512": 32 << 20, "avx2": 64 << 20, "other": 256 << 20}
 # 16-bit matrices up to this size run on one thread when the machine is busy (see the module doc).
 ONE_THREAD_BYTES = 32 << 20
 # Error bound of the 16-bit kernel besides the query's own float16 rounding: the float16 result is
@@ -91,16 +96,20 @@ def machine_busy() -> bool:
         return False
 
 
-@contextmanager
-def calm(active: bool = True) -> Iterator[None]:
+class calm:  # noqa: N801  (used as a function: `with calm(): ...`)
     """Within the block (on this thread), small float32 products leave no BLAS worker running
-    afterwards (see the module doc); `active=False` changes nothing."""
-    before = getattr(_scope, "calm", False)
-    _scope.calm = before or active
-    try:
-        yield
-    finally:
-        _scope.calm = before
+    afterwards (see the module doc); `active=False` changes nothing. A class rather than a
+    generator-based context manager: every search enters one (3 us less)."""
+
+    def __init__(self, active: bool = True) -> None:
+        self.active = active
+
+    def __enter__(self) -> None:
+        self.before = getattr(_scope, "calm", False)
+        _scope.calm = self.before or self.active
+
+    def __exit__(self, *exc_info: object) -> None:
+        _scope.calm = self.before
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,8 @@ class KernelPlan:
 def plan_kernel(rows: int, dim: int, *, flags: frozenset[str] | None = None) -> KernelPlan:
     """The kernel plan for a rows x dim matrix on this CPU (`flags` default: cpu.cpu_flags())."""
     kind = cpu_class(flags)
-    return KernelPlan(copy_fp32=rows * dim * 4 <= FP32_COPY_BYTES[kind], cpu=kind)
+    limit = FP32_COPY_BYTES["native" if native.level(kind, dim) else kind]
+    return KernelPlan(copy_fp32=rows * dim * 4 <= limit, cpu=kind)
 
 
 class Kernel:
@@ -134,9 +144,11 @@ class Kernel:
         elif wide:
             self.copy = np.ascontiguousarray(matrix)
         self.small = plan.copy_fp32  # a calm scope puts its products on one BLAS thread
-        self.half = None
+        self.half, self.half_rows = None, np.zeros((0, 0), dtype=np.float16)
         if len(matrix) and (plan.copy_fp32 or not wide):
-            self.half = tensor(np.ascontiguousarray(matrix, dtype=np.float16))
+            self.half_rows = np.ascontiguousarray(matrix, dtype=np.float16)
+            self.half = tensor(self.half_rows)
+        self.native = native.level(plan.cpu, matrix.shape[1]) if self.half is not None else 0
         # the 16-bit kernel rounds float32 stores to float16: at most 2**-11 for unit vectors
         self.matrix_eps = 0.0 if matrix.dtype == np.float16 else 2.0**-11
         self.busy = busy
@@ -149,11 +161,17 @@ class Kernel:
         busy = self.half is not None and self.half.numel() * 2 <= ONE_THREAD_BYTES and (
             self.busy or machine_busy)()
         if self.copy is not None and (not busy or self.half is None):
-            return torch.from_numpy(self._blas(lambda copy: copy @ query.astype(np.float32))), FP32_EPS
+            vector = np.asarray(query, dtype=np.float32)
+            return torch.from_numpy(self._blas(lambda copy: copy @ vector)), FP32_EPS
+        assert self.half is not None
+        if self.native:
+            self.last = "fp16 native, one thread" if busy else "fp16 native"
+            threads = 1 if busy else torch.get_num_threads()
+            scores = native.dot16(self.half_rows, query, level=self.native, threads=threads)
+            return torch.from_numpy(scores), FP32_EPS + self.matrix_eps
         query16 = query.astype(np.float16)
         eps = FP16_EPS + self.matrix_eps + float(np.linalg.norm(query - query16.astype(np.float32)))
         self.last = "fp16, one thread" if busy else "fp16"
-        assert self.half is not None
         return score(self.half, torch.from_numpy(query16), one=busy), eps
 
     def batch_scores(self, queries: np.ndarray) -> tuple[torch.Tensor, float]:

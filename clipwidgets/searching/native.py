@@ -1,0 +1,82 @@
+"""The compiled float16 kernel (_dot16.c): scores of 16-bit rows for a float32 query, in threads.
+
+`pip install` builds it as an optional extension: without a C compiler the install goes on without
+it and the 16-bit scores come from torch.mv (about half its speed, see kernels.py). `level(cpu, dim)`
+is the kernel's instruction set for `dim`-d rows on a CPU class of kernels.py: 2 (AVX512F), 1 (AVX2,
+FMA, F16C) or 0 (not built, class "other", or a dimension it cannot split into vectors).
+
+`dot16(matrix, query, level=, threads=)` splits the rows into `threads` runs: the calling thread scores one,
+a small pool the others (ctypes releases the GIL during each call). The pool is made again in a
+forked child, whose copy of the parent's pool has no threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["dot16", "level"]
+
+_MIN_ROWS_PER_THREAD = 4096  # fewer rows than this per thread: a hand-off costs more than it saves
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid that made it, pool)
+_pool_lock = threading.Lock()
+
+
+@functools.cache
+def _kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """clipwidgets_dot16 of the built extension, or None where it was not built."""
+    try:
+        from . import _dot16  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    function = ctypes.CDLL(_dot16.__file__).clipwidgets_dot16
+    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
+                         ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+def level(cpu: str, dim: int) -> int:
+    """The kernel level that scores `dim`-d rows on CPU class `cpu`, or 0 where none does."""
+    if _kernel() is None:
+        return 0
+    if cpu == "avx512" and dim % 16 == 0:
+        return 2
+    return 1 if cpu in ("avx512", "avx2") and dim % 8 == 0 else 0
+
+
+def dot16(matrix: np.ndarray, query: np.ndarray, *, level: int, threads: int) -> np.ndarray:
+    """float32 `matrix @ query` for a C-contiguous float16 `matrix` and a float32 `query`, at a `level`
+    from level() (> 0), on up to `threads` threads."""
+    kernel = _kernel()
+    assert kernel is not None and matrix.dtype == np.float16 and matrix.flags.c_contiguous
+    rows, dim = matrix.shape
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    out = np.empty(rows, dtype=np.float32)
+    base, step = matrix.ctypes.data, dim * 2
+    runs = max(1, min(threads, rows // _MIN_ROWS_PER_THREAD))
+    bounds = [rows * i // runs for i in range(runs + 1)]
+
+    def run(first: int, stop: int) -> int:
+        return int(kernel(base + first * step, stop - first, dim, query.ctypes.data,
+                          out.ctypes.data + first * 4, level))
+
+    others = [_threads().submit(run, bounds[i], bounds[i + 1]) for i in range(1, runs)]
+    ran = [run(bounds[0], bounds[1])] + [future.result() for future in others]
+    if ran != [level] * runs:
+        raise RuntimeError(f"clipwidgets' float16 kernel declined {matrix.shape} at level {level}")
+    return out
+
+
+def _threads() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1),
+                                                     thread_name_prefix="clipwidgets-dot16"))
+        return _pool[1]

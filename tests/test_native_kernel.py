@@ -1,0 +1,97 @@
+"""The compiled float16 kernel (clipwidgets/searching/_dot16.c via native.py): built, exact to float32
+rounding at each instruction level this CPU has, split over threads, and safe in a forked child."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import numpy as np
+import pytest
+
+from clipwidgets import cpu
+from clipwidgets.searching import kernels, native
+from clipwidgets.searching.kernels import FP32_EPS, Kernel, KernelPlan
+
+LEVELS = {2: "avx512", 1: "avx2"}
+
+
+def levels_here() -> list[int]:
+    """Kernel levels this CPU can run."""
+    own = kernels.cpu_class(cpu.cpu_flags())
+    return [level for level in (2, 1) if native.level(own, 512) >= level]
+
+
+def unit_rows(count: int, dim: int, seed: int) -> np.ndarray:
+    rows = np.random.default_rng(seed).standard_normal((count, dim))
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_the_kernel_is_built():
+    assert native._kernel() is not None, ("clipwidgets/searching/_dot16.c was not built: install a C "
+                                          "compiler (gcc) and run `pip install -e .` again")
+
+
+def test_level_by_cpu_class_and_dimension():
+    assert native.level("avx512", 512) == 2 and native.level("avx512", 520) == 1
+    assert native.level("avx2", 512) == native.level("avx2", 64) == 1
+    assert native.level("avx2", 12) == native.level("avx512", 12) == 0
+    assert native.level("other", 512) == 0
+
+
+@pytest.mark.parametrize(("level", "rows", "dim"), [  # 528 and 520: the loops' tails (128 / 64 values a step)
+    (2, 1, 64), (2, 5000, 512), (2, 9001, 528), (2, 20_011, 768),
+    (1, 1, 64), (1, 5000, 512), (1, 9001, 520), (1, 20_011, 768)])
+def test_scores_equal_float64_within_float32_rounding(level, rows, dim):
+    if level not in levels_here():
+        pytest.skip(f"this CPU has no {LEVELS[level]}")
+    assert native.level(LEVELS[level], dim) == level
+    matrix = unit_rows(rows, dim, seed=rows).astype(np.float16)
+    query = unit_rows(1, dim, seed=1)[0].astype(np.float32)
+    exact = matrix.astype(np.float64) @ query.astype(np.float64)
+    one = native.dot16(matrix, query, level=level, threads=1)
+    assert one.dtype == np.float32 and one.shape == (rows,)
+    assert np.abs(one - exact).max() <= 1e-5 < FP32_EPS
+    np.testing.assert_array_equal(native.dot16(matrix, query, level=level, threads=3), one)
+
+
+def test_kernel_uses_it_where_the_cpu_allows():
+    if not levels_here():
+        pytest.skip("this CPU has neither AVX512F nor AVX2 with FMA and F16C")
+    matrix = unit_rows(40_000, 64, seed=3).astype(np.float16)
+    query = unit_rows(1, 64, seed=4)[0].astype(np.float32)
+    exact = matrix.astype(np.float64) @ query.astype(np.float64)
+    kernel = Kernel(matrix, KernelPlan(copy_fp32=False, cpu=LEVELS[levels_here()[0]]), busy=lambda: False)
+    scores, eps = kernel.scores(query)
+    assert kernel.last == "fp16 native" and eps == FP32_EPS
+    assert np.abs(scores.numpy() - exact).max() <= eps
+    other = Kernel(matrix, KernelPlan(copy_fp32=False, cpu="other"), busy=lambda: False)
+    slow, slow_eps = other.scores(query)
+    assert other.last == "fp16" and slow_eps > eps
+    assert np.abs(slow.float().numpy() - exact).max() <= slow_eps
+
+
+def _score_in_child(queue: multiprocessing.Queue, level: int) -> None:
+    matrix = unit_rows(20_000, 64, seed=5).astype(np.float16)
+    query = unit_rows(1, 64, seed=6)[0].astype(np.float32)
+    queue.put(native.dot16(matrix, query, level=level, threads=2).tolist()[:5])
+
+
+def test_a_forked_child_gets_threads_of_its_own():
+    if not levels_here():
+        pytest.skip("this CPU has neither AVX512F nor AVX2 with FMA and F16C")
+    level = levels_here()[0]
+    matrix = unit_rows(20_000, 64, seed=5).astype(np.float16)
+    query = unit_rows(1, 64, seed=6)[0].astype(np.float32)
+    expected = native.dot16(matrix, query, level=level, threads=2).tolist()[:5]  # the parent's pool exists
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_score_in_child, args=(queue, level))
+    child.start()
+    try:
+        assert queue.get(timeout=60) == expected  # the parent's pool has no threads in the child: hangs
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    assert child.exitcode == 0
