@@ -184,11 +184,15 @@ def test_ranking_is_exact_over_blocks_of_close_vectors(tmp_path, tiny_encoder, m
     store.close()
 
 
-def test_fast_scores_merge_blocks_like_one_array():
+@pytest.mark.parametrize("top_slice", [1 << 20, 64])  # 64: parts cut into slices, topped on threads
+def test_fast_scores_merge_blocks_like_one_array(top_slice, monkeypatch):
     """Per-block top-n merged, counts and bands equal those of the scores in store-row order."""
     import torch
 
+    from clipwidgets.searching import fast
     from clipwidgets.searching.fast import FastScores, Part
+
+    monkeypatch.setattr(fast, "_TOP_SLICE", top_slice)
 
     rng = np.random.default_rng(9)
     dense = rng.standard_normal(1000).astype(np.float32)
@@ -212,3 +216,7 @@ def test_fast_scores_merge_blocks_like_one_array():
         band = merged.rows_between(0.1, 0.3)
         assert sorted(band.tolist()) == np.flatnonzero((reference >= 0.1) & (reference < 0.3)).tolist()
         np.testing.assert_array_equal(merged.in_row_order(1000).numpy(), reference)
+    whole = FastScores.dense(torch.from_numpy(dense), eps=0.0)  # one part, cut when top_slice is 64
+    values, rows = whole.top(77)
+    np.testing.assert_array_equal(rows, np.argsort(-dense, kind="stable")[:77])
+    np.testing.assert_array_equal(values, np.sort(dense)[::-1][:77])

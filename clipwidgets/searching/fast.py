@@ -3,18 +3,23 @@
 A segmented store's blocks are scored one by one; scattering every score into one store-order
 array and taking one top-k over all of it costs more than the scan at 10M rows (a 40 MB scatter
 per query and a top-k over 10M floats: 0.35 s here). So the scores stay per block: a top-`n` takes
-each block's top-`n` and merges them (the global top-`n` is always inside that union), counts add
-up over blocks, and deleted entries (row -1) and filtered rows score -inf.
+the top-`n` of each slice of up to 1M scores, on the search threads side by side (33 against 17 ms
+over 10M scores on 2 cores), and merges them (the global top-`n` is always inside that union);
+counts add up over blocks, and deleted entries (row -1) and filtered rows score -inf.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import torch
 
 from .kernels import tensor
+from .threads import in_parallel
+
+_TOP_SLICE = 1 << 20  # scores per top-k call: larger parts are cut, and the slices spread over threads
 
 __all__ = ["FastScores", "Part"]
 
@@ -40,6 +45,17 @@ class Part:
         if isinstance(self.rows, int):
             return mask[self.rows:self.rows + len(self.scores)]
         return np.where(self.rows >= 0, mask[self.rows], False)
+
+
+def _top_of(scores: torch.Tensor, count: int, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `count` best of scores[first:first + _TOP_SLICE] (float32) and their positions in `scores`."""
+    piece = scores[first:first + _TOP_SLICE]
+    best, positions = torch.topk(piece, min(count, len(piece)))
+    return best.float().numpy(), positions.numpy() + first
+
+
+def _tops(slices: list[tuple[Part, int]], count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [_top_of(part.scores, count, first) for part, first in slices]
 
 
 class FastScores:
@@ -72,13 +88,18 @@ class FastScores:
 
     def top(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The `count` best fast scores (float32, descending) and their store rows."""
-        values, rows = [], []
-        for part in self.parts:
-            best, positions = torch.topk(part.scores, min(count, len(part.scores)))
-            values.append(best.float().numpy())
-            rows.append(part.store_rows(positions.numpy()))
-        if len(self.parts) == 1:
-            return values[0], rows[0]
+        if len(self.parts) == 1 and len(self.parts[0].scores) <= _TOP_SLICE:
+            best, positions = _top_of(self.parts[0].scores, count, 0)
+            return best, self.parts[0].store_rows(positions)
+        slices = [(part, first) for part in self.parts for first in range(0, len(part.scores), _TOP_SLICE)]
+        if not slices:
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+        threads = max(1, min(torch.get_num_threads(), len(slices)))
+        groups = [slices[i::threads] for i in range(threads)]
+        found = in_parallel([functools.partial(_tops, group, count) for group in groups])
+        values = [best for group in found for best, _ in group]
+        rows = [part.store_rows(positions) for group, tops in zip(groups, found, strict=True)
+                for (part, _), (_, positions) in zip(group, tops, strict=True)]
         merged, merged_rows = np.concatenate(values), np.concatenate(rows)
         if count < len(merged):
             keep = np.argpartition(-merged, count - 1)[:count]

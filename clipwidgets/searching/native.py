@@ -5,26 +5,22 @@ it and the 16-bit scores come from torch.mv (about half its speed, see kernels.p
 is the kernel's instruction set for `dim`-d rows on a CPU class of kernels.py: 2 (AVX512F), 1 (AVX2,
 FMA, F16C) or 0 (not built, class "other", or a dimension it cannot split into vectors).
 
-`dot16(matrix, query, level=, threads=)` splits the rows into `threads` runs: the calling thread scores one,
-a small pool the others (ctypes releases the GIL during each call). The pool is made again in a
-forked child, whose copy of the parent's pool has no threads.
+`dot16(matrix, query, level=, threads=)` splits the rows into `threads` runs scored side by side
+(threads.in_parallel; ctypes releases the GIL during each call).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from .threads import in_parallel
 
 __all__ = ["dot16", "level"]
 
 _MIN_ROWS_PER_THREAD = 4096  # fewer rows than this per thread: a hand-off costs more than it saves
-_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid that made it, pool)
-_pool_lock = threading.Lock()
 
 
 @functools.cache
@@ -66,17 +62,8 @@ def dot16(matrix: np.ndarray, query: np.ndarray, *, level: int, threads: int) ->
         return int(kernel(base + first * step, stop - first, dim, query.ctypes.data,
                           out.ctypes.data + first * 4, level))
 
-    others = [_threads().submit(run, bounds[i], bounds[i + 1]) for i in range(1, runs)]
-    ran = [run(bounds[0], bounds[1])] + [future.result() for future in others]
+    ran = in_parallel([functools.partial(run, bounds[i], bounds[i + 1]) for i in range(runs)])
     if ran != [level] * runs:
         raise RuntimeError(f"clipwidgets' float16 kernel declined {matrix.shape} at level {level}")
     return out
 
-
-def _threads() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = (os.getpid(), ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1),
-                                                     thread_name_prefix="clipwidgets-dot16"))
-        return _pool[1]
