@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -255,3 +257,35 @@ def test_the_float32_copy_starts_on_a_cache_line():
     kernel = Kernel(matrix, plan_kernel(777, 96))
     assert kernel.copy is not None and kernel.copy.ctypes.data % 64 == 0
     assert kernel.copy.flags["C_CONTIGUOUS"] and np.array_equal(kernel.copy, matrix.astype(np.float32))
+
+
+NUMPY_BLAS_AFTER_FAISS = """
+import ctypes, sys
+import faiss  # loads its own OpenBLAS, whose path sorts before numpy's
+import numpy
+from clipwidgets.openmp import loaded_libraries
+from clipwidgets.searching.blas import _OPENBLAS, blas_threads
+paths = loaded_libraries(_OPENBLAS)
+own = [path for path in paths if "/numpy.libs/" in path]
+if len(paths) < 2 or not own:
+    sys.exit(3)  # not the layout this test is about
+library = ctypes.CDLL(own[0])
+get = next(getattr(library, name) for name in ("scipy_openblas_get_num_threads64_",
+           "scipy_openblas_get_num_threads", "openblas_get_num_threads") if hasattr(library, name))
+numpy.ones((64, 64)) @ numpy.ones(64)
+before = get()
+with blas_threads(1):
+    inside = get()
+print(before, inside, get())
+"""
+
+
+def test_blas_scope_sets_numpys_own_openblas_when_faiss_loaded_another():
+    pytest.importorskip("faiss")
+    done = subprocess.run([sys.executable, "-c", NUMPY_BLAS_AFTER_FAISS], capture_output=True, text=True,
+                          timeout=120)
+    if done.returncode == 3:
+        pytest.skip("numpy's OpenBLAS is not a wheel's copy in numpy.libs beside faiss's own here")
+    assert done.returncode == 0, done.stderr
+    before, inside, after = map(int, done.stdout.split())
+    assert inside == 1 and before == after >= 1

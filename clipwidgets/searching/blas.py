@@ -20,10 +20,11 @@ import functools
 import re
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from ..openmp import loaded_libraries
 
-__all__ = ["blas_thread_count", "blas_threads"]
+__all__ = ["blas_thread_count", "blas_threads", "numpy_first"]
 
 _OPENBLAS = re.compile(r"/lib(scipy_)?openblas[-.\w]*\.so[.\d]*$")
 # openblas_set_num_threads under the names OpenBLAS builds export it (64-bit-integer builds add a suffix)
@@ -71,12 +72,20 @@ def blas_thread_count() -> int | None:
     return None if functions is None else functions[0]()
 
 
+def numpy_first(paths: list[str]) -> list[str]:
+    """`paths` of loaded OpenBLAS libraries with numpy's own first: a wheel's copy lies in numpy.libs
+    beside the numpy package. faiss's wheel loads another OpenBLAS, whose path sorts first; scoping
+    that one left numpy's threads spinning (a text query after faiss had loaded: 2.3x the encoder)."""
+    import numpy
+
+    own = Path(numpy.__file__).resolve().parent.parent / "numpy.libs"
+    return sorted(paths, key=lambda path: not Path(path).resolve().is_relative_to(own))
+
+
 @functools.cache
 def _thread_functions() -> tuple[Callable[[], int], Callable[[int], None]] | None:
     """(get, set) thread-count functions of the OpenBLAS that numpy loaded, if any."""
-    import numpy  # noqa: F401  (loads numpy's BLAS, so that it is in the process's maps)
-
-    for path in loaded_libraries(_OPENBLAS):
+    for path in numpy_first(loaded_libraries(_OPENBLAS)):  # importing numpy loaded its BLAS
         try:
             library = ctypes.CDLL(path)  # already loaded: the same instance
         except OSError:
