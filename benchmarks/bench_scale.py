@@ -13,7 +13,8 @@ at 10M are measured by bench_search over it). Measured, each in a fresh process:
 - exact top-10 against reading the segments once (the memory-bandwidth floor), page cache warm: the
   median ratio of each search to the floor calls just before and after it (bench_search.paired);
 - the approximate index (ivfpq): build time, CPU, memory and size; recall@10 and latency of 100
-  queries drawn from the stored rows' clusters, against exact search, at several probe settings;
+  queries drawn from the stored rows' clusters, against exact search: a first pass in the fresh
+  process (whose re-scoring also maps the pages it reads), then at several probe settings;
 - SIGKILL at random moments during commits and during full compactions (whole-commit prefix kept).
 
 The commits are rolled back afterwards by restoring the manifest (the commit's new segments are then
@@ -308,6 +309,17 @@ SEARCH = textwrap.dedent("""
             import clipwidgets.ann as ann_module
             truth = [[hit.index for hit in exact.search(q, k=10)] for q in queries]
             with Searcher(path, ann="always") as approximate:
+                def timed_pass():
+                    times, found = [], 0
+                    for q, best in zip(queries, truth):
+                        started = time.perf_counter()
+                        hits = approximate.search(q, k=10)
+                        times.append(1000 * (time.perf_counter() - started))
+                        found += len({hit.index for hit in hits} & set(best))
+                    return dict(ms_median=statistics.median(times), ms_p90=float(np.percentile(times, 90)),
+                                recall_at_10=found / (10 * len(queries)))
+                # the first pass of a fresh process also maps the pages its re-scoring touches
+                out["ann_first_pass"] = timed_pass()
                 index = approximate._index.ann.index
                 settings = [(getattr(index, "nprobe", 0), ann_module.IVFPQ_CANDIDATES)]  # the defaults
                 if approximate._index.ann.kind == "ivfpq":
@@ -316,19 +328,13 @@ SEARCH = textwrap.dedent("""
                     if approximate._index.ann.kind == "ivfpq":
                         index.nprobe = probes
                         ann_module.IVFPQ_CANDIDATES = candidates
-                    approximate.search(queries[0], k=10)  # warm-up
-                    times, found = [], 0
-                    for q, best in zip(queries, truth):
-                        started = time.perf_counter()
-                        hits = approximate.search(q, k=10)
-                        times.append(1000 * (time.perf_counter() - started))
-                        found += len({hit.index for hit in hits} & set(best))
-                    out.setdefault("ann", []).append(dict(
-                        probes=probes, candidates=candidates, ms_median=statistics.median(times),
-                        ms_p90=float(np.percentile(times, 90)), recall_at_10=found / (10 * len(queries))))
+                    setting = dict(probes=probes, candidates=candidates)
+                    out.setdefault("ann", []).append({**setting, **timed_pass()})
             first = out["ann"][0]
             out.update(ann_ms_median=first["ms_median"], ann_ms_p90=first["ms_p90"],
-                       recall_at_10=first["recall_at_10"], queries=len(queries))
+                       recall_at_10=first["recall_at_10"], queries=len(queries),
+                       ann_first_pass_ms_median=out["ann_first_pass"]["ms_median"],
+                       ann_first_pass_ms_p90=out["ann_first_pass"]["ms_p90"])
     out["rss_mb"] = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
     print(json.dumps(out))
 """)
@@ -485,8 +491,12 @@ def run(quick: bool, rows: int | None = None, kills: int | None = None,
             ["exact top-10 / read floor (median of paired calls)", f"{found['exact_vs_floor']:.2f}",
              f"best {found['exact_ms']:.0f} / {found['floor_ms']:.0f} ms "
              f"({found['exact_best_vs_best']:.2f}); target <= 1.3"],
-            ["ivfpq recall@10 / median ms per query",
-             f"{found['recall_at_10']:.3f} / {found['ann_ms_median']:.2f}", "target >= 0.95 / <= 10 ms"],
+            ["ivfpq recall@10 / median / p90 ms per query (pages mapped)",
+             f"{found['recall_at_10']:.3f} / {found['ann_ms_median']:.2f} / {found['ann_ms_p90']:.2f}",
+             "target >= 0.95 / <= 10 ms"],
+            ["ivfpq first pass in a fresh process: median / p90 ms",
+             f"{found['ann_first_pass_ms_median']:.2f} / {found['ann_first_pass_ms_p90']:.2f}",
+             "its re-scoring also maps the pages it touches"],
             ["ivfpq build: s / peak anonymous MiB / index MiB",
              f"{build['build_s']:.0f} / {build['peak_anon_mb']:.0f} / {build['index_mb']:.0f}",
              f"CPU {build['cpu_s']:.0f} s"]]
