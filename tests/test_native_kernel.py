@@ -70,6 +70,17 @@ def test_kernel_uses_it_where_the_cpu_allows():
     assert np.abs(slow.float().numpy() - exact).max() <= slow_eps
 
 
+def test_without_the_built_kernel_torch_scores_the_16_bit_rows(monkeypatch):
+    monkeypatch.setattr(native, "_kernel", lambda: None)  # as after an install without a C compiler
+    assert native.level("avx512", 512) == native.level("avx2", 512) == 0
+    matrix = unit_rows(40_000, 64, seed=7).astype(np.float16)
+    query = unit_rows(1, 64, seed=8)[0].astype(np.float32)
+    kernel = Kernel(matrix, KernelPlan(copy_fp32=False, cpu="avx512"), busy=lambda: False)
+    scores, eps = kernel.scores(query)
+    assert kernel.native == 0 and kernel.last == "fp16"
+    assert np.abs(scores.float().numpy() - matrix.astype(np.float64) @ query.astype(np.float64)).max() <= eps
+
+
 def _score_in_child(queue: multiprocessing.Queue, level: int) -> None:
     matrix = unit_rows(20_000, 64, seed=5).astype(np.float16)
     query = unit_rows(1, 64, seed=6)[0].astype(np.float32)

@@ -28,9 +28,10 @@ def _kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     """clipwidgets_dot16 of the built extension, or None where it was not built."""
     try:
         from . import _dot16  # type: ignore[attr-defined]
-    except ImportError:
+
+        function = ctypes.CDLL(_dot16.__file__).clipwidgets_dot16
+    except (ImportError, OSError, AttributeError):  # not built, or built for another Python
         return None
-    function = ctypes.CDLL(_dot16.__file__).clipwidgets_dot16
     function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
                          ctypes.c_int]
     function.restype = ctypes.c_int
