@@ -148,9 +148,9 @@ def interleaved(calls: dict[str, Callable[[], Any]], repeats: int,
 def paired(floor: Callable[[], Any], fn: Callable[[], Any], pairs: int) -> dict[str, float]:
     """`fn` timed `pairs` times, each call between two calls of `floor`: the best and median ms of
     each, and `ratio`, the median over calls of fn's time / the mean of the floor calls beside it.
-    Memory bandwidth on a shared host drifts from second to second (the 10M floor read 159 to 285 ms
-    within minutes here), so the best of each alone can compare two different moments; `ratio_best`
-    (best / best) is kept beside it."""
+    Memory bandwidth on this shared host moves between two levels from one minute to the next (the
+    10M floor read ~160 or ~285 ms), so the best of each alone can compare two different moments;
+    `ratio_best` (best / best) is kept beside it."""
     def timed(call: Callable[[], Any]) -> float:
         start = time.perf_counter()
         call()
