@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["loaded_libraries", "one_thread", "rest_threads"]
+__all__ = ["loaded_libraries", "one_thread", "rest_threads", "thread_count_functions"]
 
 _OMP_PAUSE_SOFT = 1
 _RUNTIME = re.compile(r"/lib(gomp|omp|iomp5)[-.\w]*\.so[.\d]*$")  # GNU, LLVM and Intel OpenMP
@@ -47,9 +47,10 @@ def _pause_function() -> Callable[[int], int] | None:
     return None
 
 
-def loaded_libraries(pattern: re.Pattern[str]) -> list[str]:
+def loaded_libraries(pattern: re.Pattern[str], *, first_under: Path | None = None) -> list[str]:
     """Paths of the shared libraries this process has loaded whose path matches `pattern` (Linux:
-    /proc/self/maps; elsewhere none)."""
+    /proc/self/maps; elsewhere none), sorted, those inside the folder `first_under` first (a package's
+    own copy, where another package loaded a second one)."""
     if not sys.platform.startswith("linux"):
         return []
     try:
@@ -57,7 +58,24 @@ def loaded_libraries(pattern: re.Pattern[str]) -> list[str]:
     except OSError:
         return []
     fields = (line.split(maxsplit=5) for line in maps.splitlines())
-    return sorted({parts[5] for parts in fields if len(parts) == 6 and pattern.search(parts[5])})
+    paths = sorted({parts[5] for parts in fields if len(parts) == 6 and pattern.search(parts[5])})
+    if first_under is None:
+        return paths
+    folder = first_under.resolve()
+    return sorted(paths, key=lambda path: not Path(path).resolve().is_relative_to(folder))
+
+
+def thread_count_functions(library: ctypes.CDLL, get_name: str,
+                           set_name: str) -> tuple[Callable[[], int], Callable[[int], None]] | None:
+    """`library`'s (get, set) thread-count functions of those names, typed, or None where it lacks them."""
+    try:
+        get_threads, set_threads = getattr(library, get_name), getattr(library, set_name)
+    except AttributeError:
+        return None
+    get_threads.restype = ctypes.c_int
+    set_threads.argtypes = [ctypes.c_int]
+    set_threads.restype = None
+    return get_threads, set_threads
 
 
 @contextmanager
@@ -96,15 +114,12 @@ def _thread_functions() -> tuple[Callable[[], int], Callable[[int], None]] | Non
     """
     import torch
 
-    folder = str(Path(torch.__file__).parent)
-    for path in sorted(loaded_libraries(_RUNTIME), key=lambda path: not path.startswith(folder)):
+    for path in loaded_libraries(_RUNTIME, first_under=Path(torch.__file__).parent):
         try:
             library = ctypes.CDLL(path)
-            get_threads, set_threads = library.omp_get_max_threads, library.omp_set_num_threads
-        except (OSError, AttributeError):
+        except OSError:
             continue
-        get_threads.restype = ctypes.c_int
-        set_threads.argtypes = [ctypes.c_int]
-        set_threads.restype = None
-        return get_threads, set_threads
+        functions = thread_count_functions(library, "omp_get_max_threads", "omp_set_num_threads")
+        if functions is not None:
+            return functions
     return None

@@ -41,7 +41,7 @@ def test_rest_threads_ends_the_spinning_pool_and_torch_still_computes_the_same()
 
 
 def test_rest_threads_is_a_no_op_without_an_openmp_runtime(monkeypatch):
-    monkeypatch.setattr(openmp, "loaded_libraries", lambda pattern: [])
+    monkeypatch.setattr(openmp, "loaded_libraries", lambda pattern, **_: [])
     openmp._pause_function.cache_clear()
     try:
         assert openmp.rest_threads() is False

@@ -22,9 +22,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from ..openmp import loaded_libraries
+from ..openmp import loaded_libraries, thread_count_functions
 
-__all__ = ["blas_thread_count", "blas_threads", "numpy_first"]
+__all__ = ["blas_thread_count", "blas_threads"]
 
 _OPENBLAS = re.compile(r"/lib(scipy_)?openblas[-.\w]*\.so[.\d]*$")
 # openblas_set_num_threads under the names OpenBLAS builds export it (64-bit-integer builds add a suffix)
@@ -72,33 +72,25 @@ def blas_thread_count() -> int | None:
     return None if functions is None else functions[0]()
 
 
-def numpy_first(paths: list[str]) -> list[str]:
-    """`paths` of loaded OpenBLAS libraries with numpy's own first: a wheel's copy lies in numpy.libs
-    beside the numpy package. faiss's wheel loads another OpenBLAS, whose path sorts first; scoping
-    that one left numpy's threads spinning (a text query after faiss had loaded: 2.3x the encoder)."""
-    import numpy
-
-    own = Path(numpy.__file__).resolve().parent.parent / "numpy.libs"
-    return sorted(paths, key=lambda path: not Path(path).resolve().is_relative_to(own))
-
-
 @functools.cache
 def _thread_functions() -> tuple[Callable[[], int], Callable[[int], None]] | None:
-    """(get, set) thread-count functions of the OpenBLAS that numpy loaded, if any."""
-    for path in numpy_first(loaded_libraries(_OPENBLAS)):  # importing numpy loaded its BLAS
+    """(get, set) thread-count functions of the OpenBLAS that numpy loaded, if any.
+
+    A wheel's copy lies in numpy.libs beside the numpy package and is taken first: faiss's wheel
+    loads another OpenBLAS, whose path sorts first, and scoping that one left numpy's threads
+    spinning (a text query after faiss had loaded: 2.3x the encoder's time)."""
+    import numpy
+
+    own = Path(numpy.__file__).parent.parent / "numpy.libs"
+    for path in loaded_libraries(_OPENBLAS, first_under=own):  # importing numpy loaded its BLAS
         try:
             library = ctypes.CDLL(path)  # already loaded: the same instance
         except OSError:
             continue
         for prefix in _PREFIXES:
             for suffix in _SUFFIXES:
-                try:
-                    get_threads = getattr(library, f"{prefix}_get_num_threads{suffix}")
-                    set_threads = getattr(library, f"{prefix}_set_num_threads{suffix}")
-                except AttributeError:
-                    continue
-                get_threads.restype = ctypes.c_int
-                set_threads.argtypes = [ctypes.c_int]
-                set_threads.restype = None
-                return get_threads, set_threads
+                functions = thread_count_functions(library, f"{prefix}_get_num_threads{suffix}",
+                                                   f"{prefix}_set_num_threads{suffix}")
+                if functions is not None:
+                    return functions
     return None
