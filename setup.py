@@ -1,8 +1,8 @@
-"""Builds clipwidgets' optional float16 search kernel (clipwidgets/searching/_dot16.c); everything
-else is in pyproject.toml. Without a C compiler the install goes on without it, and exact search
-uses torch's kernel (clipwidgets/searching/native.py)."""
+"""Builds clipwidgets' optional search kernels (clipwidgets/searching/_dot16.c: float16 scores,
+_top.c: top-n selection); everything else is in pyproject.toml. Without a C compiler the install goes
+on without them, and exact search uses torch's kernels (clipwidgets/searching/native.py)."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("clipwidgets.searching._dot16", ["clipwidgets/searching/_dot16.c"],
-                             extra_compile_args=["-O3"], optional=True)])
+setup(ext_modules=[Extension(f"clipwidgets.searching.{name}", [f"clipwidgets/searching/{name}.c"],
+                             extra_compile_args=["-O3"], optional=True) for name in ("_dot16", "_top")])

@@ -1,5 +1,6 @@
-"""The compiled float16 kernel (clipwidgets/searching/_dot16.c via native.py): built, exact to float32
-rounding at each instruction level this CPU has, split over threads, and safe in a forked child."""
+"""The compiled kernels (clipwidgets/searching/_dot16.c and _top.c via native.py): built; float16
+scores exact to float32 rounding at each instruction level this CPU has, split over threads, and
+safe in a forked child; top-n selection equal to a stable sort."""
 
 from __future__ import annotations
 
@@ -29,6 +30,26 @@ def unit_rows(count: int, dim: int, seed: int) -> np.ndarray:
 def test_the_kernel_is_built():
     assert native._kernel() is not None, ("clipwidgets/searching/_dot16.c was not built: install a C "
                                           "compiler (gcc) and run `pip install -e .` again")
+
+
+def test_the_top_n_selection_is_built():
+    assert native.top_built(), ("clipwidgets/searching/_top.c was not built: install a C compiler (gcc) "
+                                "and run `pip install -e .` again")
+
+
+@pytest.mark.parametrize(("count", "n"), [(1, 1), (7, 7), (10_000, 1), (10_000, 42), (10_000, 10_000),
+                                          (100_003, 500)])
+def test_top_n_equals_a_stable_sort(count, n):
+    """The n largest, largest first, ties by lower position: scores rounded to few values tie often,
+    and -inf (filtered rows) fills some positions."""
+    rng = np.random.default_rng(count + n)
+    scores = np.round(rng.standard_normal(count), 1).astype(np.float32)
+    scores[rng.random(count) < 0.2] = -np.inf
+    values, positions = native.top(scores, n)
+    expected = np.lexsort((np.arange(count), -scores))[:n]
+    assert values.dtype == np.float32 and positions.dtype == np.int64
+    np.testing.assert_array_equal(positions, expected)
+    np.testing.assert_array_equal(values, scores[expected])
 
 
 def test_level_by_cpu_class_and_dimension():

@@ -184,15 +184,18 @@ def test_ranking_is_exact_over_blocks_of_close_vectors(tmp_path, tiny_encoder, m
     store.close()
 
 
+@pytest.mark.parametrize("compiled", [True, False])  # top-n by native.top, or by torch.topk (not built)
 @pytest.mark.parametrize("top_slice", [1 << 20, 64])  # 64: parts cut into slices, topped on threads
-def test_fast_scores_merge_blocks_like_one_array(top_slice, monkeypatch):
+def test_fast_scores_merge_blocks_like_one_array(top_slice, compiled, monkeypatch):
     """Per-block top-n merged, counts and bands equal those of the scores in store-row order."""
     import torch
 
-    from clipwidgets.searching import fast
+    from clipwidgets.searching import fast, native
     from clipwidgets.searching.fast import FastScores, Part
 
     monkeypatch.setattr(fast, "_TOP_SLICE", top_slice)
+    if not compiled:
+        monkeypatch.setattr(native, "top_built", lambda: False)
 
     rng = np.random.default_rng(9)
     dense = rng.standard_normal(1000).astype(np.float32)

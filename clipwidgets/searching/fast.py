@@ -16,6 +16,7 @@ import math
 import numpy as np
 import torch
 
+from . import native
 from .kernels import tensor
 from .threads import in_parallel
 
@@ -48,10 +49,15 @@ class Part:
 
 
 def _top_of(scores: torch.Tensor, count: int, first: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `count` best of scores[first:first + _TOP_SLICE] (float32) and their positions in `scores`."""
-    piece = scores[first:first + _TOP_SLICE]
-    best, positions = torch.topk(piece, min(count, len(piece)))
-    return best.float().numpy(), positions.numpy() + first
+    """The `count` best of scores[first:first + _TOP_SLICE] (float32, descending) and their positions
+    in `scores`: compiled selection for float32 scores (native.top), torch.topk otherwise."""
+    piece = scores if first == 0 and scores.shape[0] <= _TOP_SLICE else scores[first:first + _TOP_SLICE]
+    count = min(count, piece.shape[0])
+    if piece.dtype == torch.float32 and count and native.top_built():
+        best, positions = native.top(piece.numpy(), count)
+    else:
+        best, positions = (part.numpy() for part in torch.topk(piece.float(), count))
+    return best, positions + first
 
 
 def _tops(slices: list[tuple[Part, int]], count: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -88,7 +94,7 @@ class FastScores:
 
     def top(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The `count` best fast scores (float32, descending) and their store rows."""
-        if len(self.parts) == 1 and len(self.parts[0].scores) <= _TOP_SLICE:
+        if len(self.parts) == 1 and self.parts[0].scores.shape[0] <= _TOP_SLICE:
             best, positions = _top_of(self.parts[0].scores, count, 0)
             return best, self.parts[0].store_rows(positions)
         slices = [(part, first) for part in self.parts for first in range(0, len(part.scores), _TOP_SLICE)]
