@@ -18,7 +18,7 @@ export HF_HUB_DISABLE_TELEMETRY = 1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(wildcard clipwidgets/searching/*.c)
+$(STAMP): pyproject.toml setup.py $(wildcard clipwidgets/searching/*.[ch])
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(MAKE) --no-print-directory install-torch

@@ -28,8 +28,8 @@ def unit_rows(count: int, dim: int, seed: int) -> np.ndarray:
 
 
 def test_the_kernel_is_built():
-    assert native._kernel() is not None, ("clipwidgets/searching/_dot16.c was not built: install a C "
-                                          "compiler (gcc) and run `pip install -e .` again")
+    built = native._c("clipwidgets_dot16") is not None
+    assert built, "clipwidgets/searching/_dot16.c was not built: install gcc and run `pip install -e .`"
 
 
 def test_the_top_n_selection_is_built():
@@ -50,6 +50,17 @@ def test_top_n_equals_a_stable_sort(count, n):
     assert values.dtype == np.float32 and positions.dtype == np.int64
     np.testing.assert_array_equal(positions, expected)
     np.testing.assert_array_equal(values, scores[expected])
+
+
+@pytest.mark.parametrize("dim", [64, 520])  # 520: a tail of 8 after the vectors of 16
+def test_float64_re_scoring_of_chosen_rows(dim):
+    if not levels_here():
+        pytest.skip("this CPU has neither AVX512F nor AVX2 with FMA and F16C")
+    matrix = unit_rows(3000, dim, seed=dim).astype(np.float16)
+    query = unit_rows(1, dim, seed=2)[0]
+    rows = np.array([2999, 0, 17, 17, 1500])
+    scores = native.exact16(matrix, rows, query, level=levels_here()[0])
+    np.testing.assert_allclose(scores, matrix[rows].astype(np.float64) @ query, rtol=0, atol=1e-15)
 
 
 def test_level_by_cpu_class_and_dimension():
@@ -92,7 +103,7 @@ def test_kernel_uses_it_where_the_cpu_allows():
 
 
 def test_without_the_built_kernel_torch_scores_the_16_bit_rows(monkeypatch):
-    monkeypatch.setattr(native, "_kernel", lambda: None)  # as after an install without a C compiler
+    monkeypatch.setattr(native, "_c", lambda name: None)  # as after an install without a C compiler
     assert native.level("avx512", 512) == native.level("avx2", 512) == 0
     matrix = unit_rows(40_000, 64, seed=7).astype(np.float16)
     query = unit_rows(1, 64, seed=8)[0].astype(np.float32)

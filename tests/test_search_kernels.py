@@ -40,24 +40,36 @@ def test_cpu_class_reads_the_feature_flags(flags):
 
 @pytest.fixture
 def built(monkeypatch):
-    """Whether the compiled 16-bit kernel counts as built (its level as native.level gives it, or 0)."""
+    """Whether the compiled kernels count as built: the 16-bit one (its level as native.level gives it,
+    or 0) and the int8 one (native.dot8_runs)."""
     def set_built(value: bool) -> None:
         monkeypatch.setattr(kernels.native, "level", lambda cpu, dim: int(value and cpu != "other"))
+        monkeypatch.setattr(kernels.native, "dot8_runs", lambda cpu, dim: value and cpu != "other")
     return set_built
 
 
-@pytest.mark.parametrize(("native", "value", "rows", "copy"), [
-    (False, AVX512, 10_000, True), (False, AVX512, 16_384, True), (False, AVX512, 30_000, False),
-    (False, AVX512, 1_000_000, False), (False, AVX2, 30_000, True), (False, AVX2, 40_000, False),
-    (False, ARM, 100_000, True), (False, ARM, 1_000_000, False),
-    (True, AVX512, 16_384, True), (True, AVX512, 30_000, False), (True, AVX2, 16_384, True),
-    (True, AVX2, 30_000, False), (True, ARM, 100_000, True),
+@pytest.fixture
+def no_int8(monkeypatch):
+    """Small matrices keep a float32 copy for BLAS, as where the int8 kernel was not built."""
+    monkeypatch.setattr(kernels.native, "dot8_runs", lambda cpu, dim: False)
+
+
+@pytest.mark.parametrize(("native", "value", "rows", "copy", "int8"), [
+    (False, AVX512, 10_000, True, False), (False, AVX512, 16_384, True, False),
+    (False, AVX512, 30_000, False, False), (False, AVX512, 1_000_000, False, False),
+    (False, AVX2, 30_000, True, False), (False, AVX2, 40_000, False, False),
+    (False, ARM, 100_000, True, False), (False, ARM, 1_000_000, False, False),
+    (True, AVX512, 16_384, False, True), (True, AVX512, 131_072, False, True),
+    (True, AVX512, 131_073, False, False), (True, AVX2, 30_000, False, True),
+    (True, AVX2, 1_000_000, False, False), (True, ARM, 100_000, True, False),
 ])
-def test_float32_copy_only_where_blas_wins(flags, built, native, value, rows, copy):
+def test_a_copy_only_where_it_wins(flags, built, native, value, rows, copy, int8):
+    """int8 copies up to 64 MB where the int8 kernel runs; else float32 copies where BLAS wins."""
     flags(value)
     built(native)
     plan = plan_kernel(rows, 512)
-    assert plan.copy_fp32 is copy and plan.cpu == cpu_class(value)
+    assert plan.copy_fp32 is copy and plan.int8 is int8 and plan.cpu == cpu_class(value)
+    assert plan.small is (copy or int8)
 
 
 def fp16_name(kernel: Kernel, name: str) -> str:
@@ -87,7 +99,7 @@ def test_every_kernel_stays_within_its_error_bound(dtype, copy, busy, name):
     assert batch.shape == (3, 5000)
 
 
-def test_busy_machine_changes_the_kernel_per_query():
+def test_busy_machine_changes_the_kernel_per_query(no_int8):
     matrix = unit(np.random.default_rng(1), 1000, 64).astype(np.float16)
     state = {"busy": False}
     kernel = Kernel(matrix, plan_kernel(1000, 64), busy=lambda: state["busy"])
@@ -131,7 +143,7 @@ def test_one_thread_changes_only_the_calling_thread():
         torch.set_num_threads(before)
 
 
-def test_a_small_search_leaves_torch_threads_alone(monkeypatch):
+def test_a_small_search_leaves_torch_threads_alone(monkeypatch, no_int8):
     monkeypatch.setattr(kernels, "machine_busy", lambda: True)
     matrix = unit(np.random.default_rng(3), 2000, 64).astype(np.float16)
     kernel = Kernel(matrix, plan_kernel(2000, 64))
@@ -172,7 +184,7 @@ def test_the_search_cpu_setting_only_lowers_the_class(flags, built, monkeypatch)
 
 @pytest.mark.parametrize(("calm_scope", "busy", "name"), [
     (False, False, "fp32"), (True, False, "fp32, one thread"), (True, True, "fp16, one thread")])
-def test_small_matrix_kernel_by_calm_scope_and_load(calm_scope, busy, name):
+def test_small_matrix_kernel_by_calm_scope_and_load(calm_scope, busy, name, no_int8):
     rng = np.random.default_rng(8)
     matrix = unit(rng, 3001, 128).astype(np.float16)
     kernel = Kernel(matrix, plan_kernel(3001, 128), busy=lambda: busy)
@@ -183,7 +195,7 @@ def test_small_matrix_kernel_by_calm_scope_and_load(calm_scope, busy, name):
     assert np.abs(scores.float().numpy() - matrix.astype(np.float64) @ query.astype(np.float64)).max() <= eps
 
 
-def test_a_calm_scope_puts_small_products_on_one_blas_thread_and_only_on_this_thread():
+def test_a_calm_scope_puts_small_products_on_one_blas_thread_and_only_on_this_thread(no_int8):
     before = blas_thread_count()
     if before is None:
         pytest.skip("numpy's BLAS is not OpenBLAS here: nothing to scope")
@@ -225,7 +237,7 @@ def test_blas_threads_are_restored_after_the_block():
     assert blas_thread_count() == before
 
 
-def test_only_searches_that_ran_the_model_score_calmly(store_factory, tiny_encoder, monkeypatch):
+def test_only_searches_that_ran_the_model_score_calmly(store_factory, tiny_encoder, monkeypatch, no_int8):
     from clipwidgets.searcher import Searcher
 
     monkeypatch.setattr(kernels, "machine_busy", lambda: False)
@@ -252,7 +264,7 @@ def test_only_searches_that_ran_the_model_score_calmly(store_factory, tiny_encod
     assert all(hit.captions == () for hit in results[1:] if hit.index != 0)
 
 
-def test_the_float32_copy_starts_on_a_cache_line():
+def test_the_float32_copy_starts_on_a_cache_line(no_int8):
     matrix = unit(np.random.default_rng(11), 777, 96).astype(np.float16)
     kernel = Kernel(matrix, plan_kernel(777, 96))
     assert kernel.copy is not None and kernel.copy.ctypes.data % 64 == 0

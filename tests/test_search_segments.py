@@ -81,6 +81,7 @@ def pair(request, segment_store, tmp_path, monkeypatch):
     """(Searcher over one block, Searcher over split blocks, the query the dead rows equal)."""
     if request.param == "in place":
         monkeypatch.setattr(kernels, "FP32_COPY_BYTES", dict.fromkeys(kernels.FP32_COPY_BYTES, 0))
+        monkeypatch.setattr(kernels, "INT8_COPY_BYTES", 0)
     query = unit_rows(np.random.default_rng(5), 1)[0]
     plain = Searcher(segment_store)
     store = EmbeddingStore.open(segment_store)
@@ -167,6 +168,7 @@ def test_approximate_index_over_split_blocks(segment_store, tmp_path):
 def test_ranking_is_exact_over_blocks_of_close_vectors(tmp_path, tiny_encoder, monkeypatch):
     """Vectors closer together than float16 resolution, scored in place in several blocks."""
     monkeypatch.setattr(kernels, "FP32_COPY_BYTES", dict.fromkeys(kernels.FP32_COPY_BYTES, 0))
+    monkeypatch.setattr(kernels, "INT8_COPY_BYTES", 0)
     rng = np.random.default_rng(3)
     base = unit_rows(rng, 1)[0]
     rows = base + rng.standard_normal((2000, DIM)).astype(np.float32) * 2e-3

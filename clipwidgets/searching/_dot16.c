@@ -1,21 +1,24 @@
 /* Dot products of float16 rows with a float32 query: the exact search's fast pass (see native.py).
 
-   clipwidgets_dot16(matrix, rows, dim, query, out, level) sets out[r] = sum_i matrix[r * dim + i] * query[i]
-   for r < rows, in float32 arithmetic on the exact float32 value of each float16 entry. `level` is 2 for
-   AVX512F, 1 for AVX2 with FMA and F16C: the caller checks that the CPU has them. It returns the level
-   it ran, or 0 when it cannot run (a CPU other than x86, or dim not a multiple of the vector width),
-   leaving `out` untouched.
+   clipwidgets_dot16(matrix, rows, dim, query, out, level, next, chunk) sets out[r] = sum_i matrix[r * dim + i]
+   * query[i], in float32 arithmetic on the exact float32 value of each float16 entry, for the runs of
+   `chunk` rows it claims from the shared counter `next` (see claim.h) until all `rows` are claimed.
+   `level` is 2 for AVX512F, 1 for AVX2 with FMA and F16C: the caller checks that the CPU has them. It
+   returns the level it ran, or 0 when it cannot run (a CPU other than x86, or dim not a multiple of
+   the vector width), leaving `out` untouched.
 
    Each row is read front to back with eight independent accumulators. On the 2-core AMD EPYC (AVX512)
    this read 10M x 512 memory-mapped rows in 1.1x the time of reading them once (torch.mv: 1.9x, its
    float16 path converts and reduces more slowly); reading two rows side by side or prefetching ahead
    was 2-3x slower, as the hardware prefetcher follows one stream per thread best. Threads are the
-   caller's: it splits the rows (ctypes releases the GIL during the call). */
+   caller's: each calls this with the same counter (ctypes releases the GIL during the call). */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "claim.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -63,20 +66,67 @@ static void rows_avx2(const uint16_t *matrix, size_t rows, size_t dim, const flo
         out[r] = _mm_cvtss_f32(half);
     }
 }
+
+/* float64 dot products of the float16 rows `rows` with a float64 query: the exact re-scoring of a
+   top-k's candidates. Each product of a float16 with a float32 value is exact in float64. */
+__attribute__((target("avx2,fma,f16c")))
+static void exact_avx2(const uint16_t *matrix, size_t dim, const int64_t *rows, size_t count, const double *query,
+                       double *out) {
+    for (size_t k = 0; k < count; k++) {
+        const uint16_t *row = matrix + (size_t)rows[k] * dim;
+        __m256d sum[4];
+        for (int j = 0; j < 4; j++)
+            sum[j] = _mm256_setzero_pd();
+        size_t i = 0;
+        for (; i + 16 <= dim; i += 16)
+            for (int j = 0; j < 2; j++) {
+                __m256 wide = HALF256(row + i + 8 * j);
+                sum[2 * j] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(wide)),
+                                             _mm256_loadu_pd(query + i + 8 * j), sum[2 * j]);
+                sum[2 * j + 1] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(wide, 1)),
+                                                 _mm256_loadu_pd(query + i + 8 * j + 4), sum[2 * j + 1]);
+            }
+        __m256d all = _mm256_add_pd(_mm256_add_pd(sum[0], sum[1]), _mm256_add_pd(sum[2], sum[3]));
+        __m128d half = _mm_add_pd(_mm256_castpd256_pd128(all), _mm256_extractf128_pd(all, 1));
+        double total = _mm_cvtsd_f64(_mm_add_sd(half, _mm_unpackhi_pd(half, half)));
+        for (; i < dim; i++)
+            total += (double)_cvtsh_ss(row[i]) * query[i];
+        out[k] = total;
+    }
+}
 #endif
 
-int clipwidgets_dot16(const uint16_t *matrix, size_t rows, size_t dim, const float *query, float *out, int level) {
+/* out[k] = float64 dot product of matrix row rows[k] with `query`, k < count, where the CPU has AVX2,
+   FMA and F16C (level 1 or 2 of clipwidgets_dot16, which the caller checks): returns 1, else 0. */
+int clipwidgets_exact16(const uint16_t *matrix, size_t dim, const int64_t *rows, size_t count, const double *query,
+                        double *out, int level) {
 #if defined(__x86_64__) || defined(__i386__)
-    if (level >= 2 && dim % 16 == 0) {
-        rows_avx512(matrix, rows, dim, query, out);
-        return 2;
-    }
-    if (level >= 1 && dim % 8 == 0) {
-        rows_avx2(matrix, rows, dim, query, out);
+    if (level >= 1) {
+        exact_avx2(matrix, dim, rows, count, query, out);
         return 1;
     }
 #endif
-    (void)matrix, (void)rows, (void)dim, (void)query, (void)out, (void)level;
+    (void)matrix, (void)dim, (void)rows, (void)count, (void)query, (void)out, (void)level;
+    return 0;
+}
+
+int clipwidgets_dot16(const uint16_t *matrix, size_t rows, size_t dim, const float *query, float *out, int level,
+                      size_t *next, size_t chunk) {
+    size_t first, count;
+#if defined(__x86_64__) || defined(__i386__)
+    if (level >= 2 && dim % 16 == 0) {
+        while ((count = claim(next, chunk, rows, &first)) > 0)
+            rows_avx512(matrix + first * dim, count, dim, query, out + first);
+        return 2;
+    }
+    if (level >= 1 && dim % 8 == 0) {
+        while ((count = claim(next, chunk, rows, &first)) > 0)
+            rows_avx2(matrix + first * dim, count, dim, query, out + first);
+        return 1;
+    }
+#endif
+    (void)matrix, (void)rows, (void)dim, (void)query, (void)out, (void)level, (void)next, (void)chunk;
+    (void)first, (void)count;
     return 0;
 }
 

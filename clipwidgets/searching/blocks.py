@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
+from . import native
 from .fast import FastScores, Part
 from .kernels import Kernel, plan_kernel
 
@@ -40,7 +41,7 @@ class BlockMatrix:
             raise StoreError(f"The store's vector blocks hold {live} live rows but it has {num_rows} images: "
                              "the store is inconsistent; run `clipwidgets info --store S` to check it.")
         identity = len(blocks) == 1 and np.array_equal(blocks[0].rows, np.arange(num_rows))
-        if not identity and plan.copy_fp32:  # small: one array in store-row order
+        if not identity and plan.small:  # small: one array in store-row order
             gathered = _gather_all(blocks, num_rows, dim)
             blocks, identity = [_Block(gathered, np.arange(num_rows, dtype=np.int64))], True
         self.blocks = [block.vectors for block in blocks]
@@ -89,8 +90,11 @@ class BlockMatrix:
     def dot64(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
         """float64 dot products of the stored vectors of `rows` with the float64 `query`."""
         if self._position is None:
-            copy = self.kernels[0].copy  # the same values in float32, which widens faster than float16
-            return dot64(self.blocks[0] if copy is None else copy, rows, query)
+            kernel = self.kernels[0]
+            if kernel.copy is None and kernel.native:  # compiled: numpy widens float16 slowly
+                return native.exact16(kernel.half_rows, rows, query, level=kernel.native)
+            # the same values in float32, which widens faster than float16
+            return dot64(self.blocks[0] if kernel.copy is None else kernel.copy, rows, query)
         out = np.empty(len(rows))
         for first in range(0, len(rows), _EXACT_ROWS):
             chunk = rows[first:first + _EXACT_ROWS]

@@ -1,14 +1,17 @@
-"""The compiled kernels of exact search: float16 scores (_dot16.c) and top-n selection (_top.c).
+"""The compiled kernels of exact search: float16 scores (_dot16.c), int8 scores (_dot8.c) and top-n
+selection (_top.c).
 
 `pip install` builds them as optional extensions: without a C compiler the install goes on without
-them, the 16-bit scores come from torch.mv (about half the speed, see kernels.py) and the top-n from
-torch.topk. `level(cpu, dim)` is the float16 kernel's instruction set for `dim`-d rows on a CPU class
-of kernels.py: 2 (AVX512F), 1 (AVX2, FMA, F16C) or 0 (not built, class "other", or a dimension it
-cannot split into vectors).
+them, the 16-bit scores come from torch.mv (about half the speed, see kernels.py), small stores are
+scored by BLAS on a float32 copy instead of an int8 one, and the top-n comes from torch.topk.
+`level(cpu, dim)` is the float16 kernel's instruction set for `dim`-d rows on a CPU class of
+kernels.py: 2 (AVX512F), 1 (AVX2, FMA, F16C) or 0 (not built, class "other", or a dimension it
+cannot split into vectors); `dot8_runs(cpu, dim)` says whether the int8 kernel (AVX2) can run.
 
-`dot16(matrix, query, level=, threads=)` splits the rows into `threads` runs scored side by side
-(threads.in_parallel; ctypes releases the GIL during each call). `top(scores, n)` is the n largest
-of float32 scores and their positions, largest first (portable C: every CPU, where it was built).
+`dot16(matrix, query, level=, threads=)` and `dot8(...)` score the rows on up to `threads` threads
+(threads.in_parallel; ctypes releases the GIL during each call) that claim runs of rows from one
+shared counter (claim.h): a thread that wakes late takes fewer. `top(scores, n)` is the
+n largest of float32 scores and their positions, largest first (portable C: every CPU, where built).
 """
 
 from __future__ import annotations
@@ -16,90 +19,150 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from .threads import in_parallel
 
-__all__ = ["dot16", "level", "top", "top_built"]
+__all__ = ["dot8", "dot8_runs", "dot16", "exact16", "level", "quantize8", "query8", "ranges", "top",
+           "top_built"]
 
-_MIN_ROWS_PER_THREAD = 4096  # fewer rows than this per thread: a hand-off costs more than it saves
+# less than this per thread: a hand-off costs more than it saves (a pool thread takes 17-35 us to wake
+# here; 10k x 512 int8 rows: 135 us median on one thread, 156 on two; float16: 200 against 140)
+_MIN_BYTES_PER_THREAD = 4 << 20
+_CHUNK_ROWS = 256  # smallest run of rows a thread claims at a time
+_P, _N, _INT = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int  # pointer, size, int
+_SIGNATURES: dict[str, tuple[str, tuple[Any, ...], Any]] = {  # C function: (extension, arguments, result)
+    "clipwidgets_dot16": ("_dot16", (_P, _N, _N, _P, _P, _INT, _P, _N), _INT),
+    "clipwidgets_exact16": ("_dot16", (_P, _N, _P, _N, _P, _P, _INT), _INT),
+    "clipwidgets_dot8": ("_dot8", (_P, _N, _N, _P, _P, ctypes.c_float, _P, _P, _N), _INT),
+    "clipwidgets_query8": ("_dot8", (_P, _P, _N, _N, _P, _P), None),
+    "clipwidgets_ranges": ("_dot8", (_P, _N, _N, _P), None),
+    "clipwidgets_quantize8": ("_dot8", (_P, _N, _N, _P, _P, _P, _P), None),
+    "clipwidgets_top": ("_top", (_P, _N, _N, _P, _P), None),
+}
 
 
-def _function(module: str, name: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """Function `name` of this package's built extension `module`, or None where it was not built."""
+@functools.cache
+def _c(name: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """C function `name` of its built extension (_SIGNATURES), or None where that was not built."""
+    module, arguments, result = _SIGNATURES[name]
     try:
-        library = ctypes.CDLL(importlib.import_module(f"{__package__}.{module}").__file__)
-        return getattr(library, name)
+        function = getattr(ctypes.CDLL(importlib.import_module(f"{__package__}.{module}").__file__), name)
     except (ImportError, OSError, AttributeError, TypeError):  # not built, or built for another Python
         return None
-
-
-@functools.cache
-def _kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """clipwidgets_dot16 of the built extension, or None where it was not built."""
-    function = _function("_dot16", "clipwidgets_dot16")
-    if function is not None:
-        function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p,
-                             ctypes.c_void_p, ctypes.c_int]
-        function.restype = ctypes.c_int
+    function.argtypes, function.restype = list(arguments), result
     return function
 
 
-@functools.cache
-def _selector() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """clipwidgets_top of the built extension, or None where it was not built."""
-    function = _function("_top", "clipwidgets_top")
-    if function is not None:
-        function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p,
-                             ctypes.c_void_p]
-        function.restype = None
+def _built(name: str) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    function = _c(name)
+    assert function is not None, f"{name} was not built: check level(), dot8_runs() or top_built() first"
     return function
-
-
-def top_built() -> bool:
-    """Whether top() can run (the _top extension was built)."""
-    return _selector() is not None
 
 
 def level(cpu: str, dim: int) -> int:
-    """The kernel level that scores `dim`-d rows on CPU class `cpu`, or 0 where none does."""
-    if _kernel() is None:
+    """The float16 kernel's level for `dim`-d rows on CPU class `cpu`, or 0 where none runs."""
+    if _c("clipwidgets_dot16") is None:
         return 0
     if cpu == "avx512" and dim % 16 == 0:
         return 2
     return 1 if cpu in ("avx512", "avx2") and dim % 8 == 0 else 0
 
 
+def dot8_runs(cpu: str, dim: int) -> bool:
+    """Whether the int8 kernel scores `dim`-d rows on CPU class `cpu` (both classes have AVX2)."""
+    return _c("clipwidgets_dot8") is not None and cpu in ("avx512", "avx2") and dim % 16 == 0
+
+
+def top_built() -> bool:
+    """Whether top() can run (the _top extension was built)."""
+    return _c("clipwidgets_top") is not None
+
+
 def dot16(matrix: np.ndarray, query: np.ndarray, *, level: int, threads: int) -> np.ndarray:
     """float32 `matrix @ query` for a C-contiguous float16 `matrix` and a float32 `query`, at a `level`
     from level() (> 0), on up to `threads` threads."""
-    kernel = _kernel()
-    assert kernel is not None and matrix.dtype == np.float16 and matrix.flags.c_contiguous
+    assert matrix.dtype == np.float16 and matrix.flags.c_contiguous
     rows, dim = matrix.shape
     query = np.ascontiguousarray(query, dtype=np.float32)
     out = np.empty(rows, dtype=np.float32)
-    base, step = matrix.ctypes.data, dim * 2
-    runs = max(1, min(threads, rows // _MIN_ROWS_PER_THREAD))
-    bounds = [rows * i // runs for i in range(runs + 1)]
-
-    def run(first: int, stop: int) -> int:
-        return int(kernel(base + first * step, stop - first, dim, query.ctypes.data,
-                          out.ctypes.data + first * 4, level))
-
-    ran = in_parallel([functools.partial(run, bounds[i], bounds[i + 1]) for i in range(runs)])
-    if ran != [level] * runs:
+    arguments = (matrix.ctypes.data, rows, dim, query.ctypes.data, out.ctypes.data, level)
+    if _shared(rows, dim * 2, threads, functools.partial(_built("clipwidgets_dot16"), *arguments)) != {level}:
         raise RuntimeError(f"clipwidgets' float16 kernel declined {matrix.shape} at level {level}")
     return out
 
+
+def exact16(matrix: np.ndarray, rows: np.ndarray, query: np.ndarray, *, level: int) -> np.ndarray:
+    """float64 `matrix[rows] @ query` for a C-contiguous float16 `matrix`, int64 `rows` and a float64
+    `query`, at a level from level() (> 0), on the calling thread."""
+    assert matrix.dtype == np.float16 and matrix.flags.c_contiguous and level > 0
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    query = np.ascontiguousarray(query, dtype=np.float64)
+    out = np.empty(len(rows))
+    if _built("clipwidgets_exact16")(matrix.ctypes.data, matrix.shape[1], rows.ctypes.data, len(rows),
+                                     query.ctypes.data, out.ctypes.data, level) != 1:
+        raise RuntimeError(f"clipwidgets' float16 re-scoring declined level {level}")
+    return out
+
+
+def dot8(matrix: np.ndarray, query: np.ndarray, row_scales: np.ndarray, query_scale: float, *,
+         threads: int) -> np.ndarray:
+    """float32 `(matrix @ query) * row_scales * query_scale` for a C-contiguous int8 `matrix`, an int16
+    `query` (127 * max|query| * dim < 2**31: the sums are exact in int32) and float32 `row_scales`, on
+    up to `threads` threads, where dot8_runs()."""
+    assert matrix.dtype == np.int8 and matrix.flags.c_contiguous
+    assert query.dtype == np.int16 and row_scales.dtype == np.float32
+    rows, dim = matrix.shape
+    out = np.empty(rows, dtype=np.float32)
+    arguments = (matrix.ctypes.data, rows, dim, query.ctypes.data, row_scales.ctypes.data, query_scale,
+                 out.ctypes.data)
+    if _shared(rows, dim, threads, functools.partial(_built("clipwidgets_dot8"), *arguments)) != {1}:
+        raise RuntimeError(f"clipwidgets' int8 kernel declined {matrix.shape}")
+    return out
+
+
+def query8(query: np.ndarray, dim_scales: np.ndarray, limit: int) -> tuple[np.ndarray, float, float, float]:
+    """(int16 w, step t, |f|, |q|) of a float32 query q for dot8 (quantized.py's scheme), where
+    dot8_runs()."""
+    assert query.dtype == dim_scales.dtype == np.float32 and query.flags.c_contiguous
+    out, result = np.empty(len(query), dtype=np.int16), np.empty(3)
+    _built("clipwidgets_query8")(query.ctypes.data, dim_scales.ctypes.data, len(query), limit,
+                                 out.ctypes.data, result.ctypes.data)
+    return out, float(result[0]), float(result[1]), float(result[2])
+
+
+def ranges(rows: np.ndarray, out: np.ndarray) -> None:
+    """Raise `out[i]` (float32) to the largest |rows[:, i]| of C-contiguous float32 `rows`."""
+    assert rows.dtype == out.dtype == np.float32 and rows.flags.c_contiguous
+    _built("clipwidgets_ranges")(rows.ctypes.data, rows.shape[0], rows.shape[1], out.ctypes.data)
+
+
+def quantize8(rows: np.ndarray, dim_scales: np.ndarray, values: np.ndarray, row_scales: np.ndarray,
+              bounds: np.ndarray) -> None:
+    """int8 `values` and float32 `row_scales` of C-contiguous float32 `rows` (quantized.py's scheme);
+    `bounds` (2 float64) is raised to the largest squared residual norm and scaled value norm."""
+    assert rows.dtype == dim_scales.dtype == row_scales.dtype == np.float32 and values.dtype == np.int8
+    assert rows.flags.c_contiguous and values.flags.c_contiguous and values.shape == rows.shape
+    _built("clipwidgets_quantize8")(rows.ctypes.data, rows.shape[0], rows.shape[1], dim_scales.ctypes.data,
+                                    values.ctypes.data, row_scales.ctypes.data, bounds.ctypes.data)
 
 
 def top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The `n` (1 <= n <= len) largest of C-contiguous float32 `scores` (no NaN), largest first, and
     their positions (int64); of equal scores the lower position first. Needs top_built()."""
-    select = _selector()
-    assert select is not None and scores.dtype == np.float32 and scores.flags.c_contiguous
-    assert 0 < n <= len(scores)
+    assert scores.dtype == np.float32 and scores.flags.c_contiguous and 0 < n <= len(scores)
     values, positions = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.int64)
-    select(scores.ctypes.data, len(scores), n, values.ctypes.data, positions.ctypes.data)
+    _built("clipwidgets_top")(scores.ctypes.data, len(scores), n, values.ctypes.data, positions.ctypes.data)
     return values, positions
+
+
+def _shared(rows: int, row_bytes: int, threads: int, call: Callable[[int, int], int]) -> set[int]:
+    """What `call(counter address, chunk)` returned on each of up to `threads` threads, all claiming
+    runs of `chunk` rows from one counter (claim.h); runs are small enough for 64 per thread."""
+    runs = max(1, min(threads, rows * row_bytes // _MIN_BYTES_PER_THREAD))
+    counter = np.zeros(1, dtype=np.uintp)
+    chunk = max(_CHUNK_ROWS, rows // (64 * runs))
+    return set(in_parallel([functools.partial(call, counter.ctypes.data, chunk)] * runs))
