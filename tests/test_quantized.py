@@ -35,10 +35,11 @@ def test_int32_sums_are_exact_and_threads_agree(rows, dim):
     limit = (2**31 - 1) // (127 * dim)
     query = rng.integers(-limit, limit + 1, size=dim).astype(np.int16)
     scales = rng.random(rows).astype(np.float32)
-    one = native.dot8(matrix, query, scales, 0.5, threads=1)
+    kernel = native.Int8Matrix(matrix, scales, np.ones(dim, dtype=np.float32))
+    one = kernel.scores(query, 0.5, threads=1)
     sums = matrix.astype(np.int64) @ query.astype(np.int64)
     np.testing.assert_allclose(one, (sums * scales.astype(np.float64) * 0.5).astype(np.float32), rtol=1e-6)
-    np.testing.assert_array_equal(native.dot8(matrix, query, scales, 0.5, threads=3), one)
+    np.testing.assert_array_equal(kernel.scores(query, 0.5, threads=3), one)
 
 
 def test_the_largest_sums_do_not_overflow():
@@ -48,7 +49,8 @@ def test_the_largest_sums_do_not_overflow():
     matrix = np.full((3, dim), 127, dtype=np.int8)
     matrix[1] = -127
     query = np.full(dim, limit, dtype=np.int16)
-    out = native.dot8(matrix, query, np.ones(3, dtype=np.float32), 1.0, threads=1)
+    kernel = native.Int8Matrix(matrix, np.ones(3, dtype=np.float32), np.ones(dim, dtype=np.float32))
+    out = kernel.scores(query, 1.0, threads=1)
     assert 127 * limit * dim < 2**31
     largest = 127.0 * limit * dim
     np.testing.assert_allclose(out, [largest, -largest, largest], rtol=1e-6)

