@@ -23,7 +23,7 @@ RUN pip install torch torchvision --index-url https://download.pytorch.org/whl/c
 
 COPY pyproject.toml setup.py README.md ./
 COPY clipwidgets ./clipwidgets
-# gcc only while installing: it builds the float16 search kernel (clipwidgets/searching/_dot16.c)
+# gcc only while installing: it builds the search kernels (clipwidgets/searching/*.c)
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install . && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
     && mkdir -p Data store .cache && chmod 1777 Data store .cache
