@@ -51,11 +51,11 @@ class Int8Rows:
         self.limit = min(32767, (2**31 - 1) // (127 * max(1, dim)))
 
     def scores(self, query: np.ndarray, *, threads: int, fp32_eps: float) -> tuple[np.ndarray, float]:
-        """float32 fast scores of every row for `query` (a unit vector in search; the bound holds for
-        any), and their error bound (with `fp32_eps` for float32 rounding)."""
+        """float32 fast scores of every row for `query` (a unit vector in search), and their error
+        bound, with `fp32_eps` per unit of |q| for the float32 rounding of the final scaling."""
         vector = np.ascontiguousarray(query, dtype=np.float32)
         rounded, step, residual, norm = self.kernel.query(vector, self.limit)  # w, t, |f|, |q|
-        eps = (norm * self.error + self.length * residual) * _ROUNDING + fp32_eps
+        eps = (norm * self.error + self.length * residual) * _ROUNDING + fp32_eps * max(1.0, norm)
         return self.kernel.scores(rounded, step, threads=threads), eps
 
 
