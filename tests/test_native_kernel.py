@@ -138,3 +138,19 @@ def test_a_forked_child_gets_threads_of_its_own():
             child.kill()
             child.join()
     assert child.exitcode == 0
+
+
+def test_a_search_without_any_compiled_kernel_stays_exact(monkeypatch, store_factory):
+    """As after an install without a C compiler: BLAS on a float32 copy, torch.topk, numpy re-scoring."""
+    from clipwidgets.searcher import Searcher
+
+    monkeypatch.setattr(native, "_c", lambda name: None)
+    vectors = unit_rows(3000, 64, seed=14).astype(np.float32)
+    path = store_factory(images=[f"img/{i:05d}.jpg" for i in range(3000)], vectors=vectors)
+    with Searcher(path) as searcher:
+        stored = searcher.store.image_embeddings().astype(np.float64)
+        query = unit_rows(1, 64, seed=15)[0].astype(np.float32)
+        results = searcher.search(query, k=30)
+        assert searcher.kernel in ("fp32", "fp16, one thread")  # the latter on a busy machine
+    exact = stored @ query.astype(np.float64)
+    assert [hit.index for hit in results] == np.lexsort((np.arange(3000), -exact))[:30].tolist()
