@@ -38,15 +38,15 @@ class Int8Rows:
         ranges = np.zeros(dim, dtype=np.float32)
         for _, chunk in _float32_chunks(matrix):
             native.ranges(chunk, ranges)
-        self.dim_scales = np.where(ranges > 0, ranges, np.float32(1))  # d
-        self.values = np.empty((rows, dim), dtype=np.int8)  # v
-        self.row_scales = np.empty(rows, dtype=np.float32)  # s
+        dim_scales = np.where(ranges > 0, ranges, np.float32(1))  # d
+        values = np.empty((rows, dim), dtype=np.int8)  # v
+        row_scales = np.empty(rows, dtype=np.float32)  # s
         bounds = np.zeros(2)  # largest |e[r]|**2, largest s[r] * |v[r]|
         for first, chunk in _float32_chunks(matrix):
             part = slice(first, first + len(chunk))
-            native.quantize8(chunk, self.dim_scales, self.values[part], self.row_scales[part], bounds)
+            native.quantize8(chunk, dim_scales, values[part], row_scales[part], bounds)
         self.error, self.length = math.sqrt(bounds[0]) * _ROUNDING, bounds[1] * _ROUNDING
-        self.kernel = native.Int8Matrix(self.values, self.row_scales, self.dim_scales)
+        self.kernel = native.Int8Matrix(values, row_scales, dim_scales)  # holds the arrays
         # largest |w[i]| with 127 * |w| * dim below 2**31, so the int32 sums cannot overflow
         self.limit = min(32767, (2**31 - 1) // (127 * max(1, dim)))
 

@@ -9,6 +9,7 @@ their image score).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Protocol
 
@@ -52,7 +53,7 @@ class Captions:
     def __init__(self, texts: np.ndarray, links: np.ndarray, num_images: int, *,
                  flags: frozenset[str] | None = None) -> None:
         self.texts = np.ascontiguousarray(texts)
-        self.kernel = Kernel(self.texts, plan_kernel(len(self.texts), self.texts.shape[1], flags=flags))
+        self._flags = flags
         linked = np.asarray(links, dtype=np.int64)
         rows = np.flatnonzero(linked >= 0)
         owners = linked[rows]
@@ -66,6 +67,12 @@ class Captions:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @functools.cached_property
+    def kernel(self) -> Kernel:
+        """The captions' fast kernel, made at the first caption search: most searches score images
+        only, and a small matrix's int8 copy takes time to make (40k captions x 512: ~0.17 s)."""
+        return Kernel(self.texts, plan_kernel(len(self.texts), self.texts.shape[1], flags=self._flags))
 
     def best_fast(self, query: np.ndarray) -> tuple[torch.Tensor, float]:
         """Each image's best fast caption score (-inf without captions), and the error bound."""
